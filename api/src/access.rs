@@ -1,0 +1,178 @@
+//! API.md's permission table, in one place. Resolvers ask these questions;
+//! nothing else decides who may see or change what.
+//!
+//! What a user may not see does not exist for them (`None` / left out /
+//! `NOT_FOUND`); what they may see but not change is `FORBIDDEN`.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use entity::{DriveRole, workflow_execution, workflow_template};
+
+use crate::error::{ApiError, ApiResult};
+
+/// The viewer's identity and role in each drive they belong to, loaded once
+/// per request (or WebSocket subscription).
+#[derive(Debug)]
+pub struct Access {
+    user_id: String,
+    // Changed within a request when the viewer's own membership changes
+    // (a drive they just created, their own role edited).
+    roles: RwLock<HashMap<String, DriveRole>>,
+}
+
+/// Which templates of one drive a viewer may list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateScope {
+    None,
+    All,
+    PublicOrCreatedBy(String),
+}
+
+/// Which executions a viewer may list: all of some drives, their own in others.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionScope {
+    pub all_in: Vec<String>,
+    pub own_in: Vec<String>,
+    pub user_id: String,
+}
+
+impl Access {
+    pub fn new(user_id: impl Into<String>, roles: HashMap<String, DriveRole>) -> Self {
+        Self {
+            user_id: user_id.into(),
+            roles: RwLock::new(roles),
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn role(&self, drive_id: &str) -> Option<DriveRole> {
+        self.roles
+            .read()
+            .expect("roles lock")
+            .get(drive_id)
+            .copied()
+    }
+
+    /// Records a change to the viewer's own membership made by this request.
+    pub fn set_own_role(&self, drive_id: &str, role: Option<DriveRole>) {
+        let mut roles = self.roles.write().expect("roles lock");
+        match role {
+            Some(r) => roles.insert(drive_id.to_owned(), r),
+            None => roles.remove(drive_id),
+        };
+    }
+
+    /// Ids of every drive the viewer belongs to.
+    pub fn drive_ids(&self) -> Vec<String> {
+        self.roles
+            .read()
+            .expect("roles lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Any member sees the drive.
+    pub fn can_see_drive(&self, drive_id: &str) -> bool {
+        self.role(drive_id).is_some()
+    }
+
+    /// Public templates: any member. Private: the creator and ADMIN/OWNER.
+    pub fn can_see_template(&self, t: &workflow_template::Model) -> bool {
+        match self.role(&t.drive_id) {
+            None => false,
+            Some(role) => t.is_public || t.created_by == self.user_id || role >= DriveRole::Admin,
+        }
+    }
+
+    pub fn template_scope(&self, drive_id: &str) -> TemplateScope {
+        match self.role(drive_id) {
+            None => TemplateScope::None,
+            Some(r) if r >= DriveRole::Admin => TemplateScope::All,
+            Some(_) => TemplateScope::PublicOrCreatedBy(self.user_id.clone()),
+        }
+    }
+
+    /// MEMBER or higher creates templates.
+    pub fn check_create_template(&self, drive_id: &str) -> ApiResult<()> {
+        match self.role(drive_id) {
+            None => Err(ApiError::not_found("drive", drive_id)),
+            Some(r) if r >= DriveRole::Member => Ok(()),
+            Some(_) => Err(ApiError::Forbidden(
+                "creating templates needs the MEMBER role or higher in this drive".into(),
+            )),
+        }
+    }
+
+    /// Its creator while MEMBER or higher, and ADMIN/OWNER, change or delete
+    /// a template and its steps.
+    pub fn check_change_template(&self, t: &workflow_template::Model) -> ApiResult<()> {
+        if !self.can_see_template(t) {
+            return Err(ApiError::not_found("workflow template", &t.id));
+        }
+        let role = self.role(&t.drive_id).unwrap_or(DriveRole::Viewer);
+        if role >= DriveRole::Admin || (t.created_by == self.user_id && role >= DriveRole::Member) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only the template's creator (MEMBER or higher) and drive ADMINs or the OWNER may change it".into(),
+            ))
+        }
+    }
+
+    /// Any member who can see the template starts it.
+    pub fn check_start_execution(&self, t: &workflow_template::Model) -> ApiResult<()> {
+        if self.can_see_template(t) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("workflow template", &t.id))
+        }
+    }
+
+    /// The user who started it, and ADMIN/OWNER, see an execution, subscribe
+    /// to it, submit input and cancel it.
+    pub fn can_see_execution(&self, e: &workflow_execution::Model) -> bool {
+        match self.role(&e.drive_id) {
+            None => false,
+            Some(role) => e.user_id == self.user_id || role >= DriveRole::Admin,
+        }
+    }
+
+    pub fn check_act_on_execution(&self, e: &workflow_execution::Model) -> ApiResult<()> {
+        if self.can_see_execution(e) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("workflow execution", &e.id))
+        }
+    }
+
+    pub fn execution_scope(&self) -> ExecutionScope {
+        let mut scope = ExecutionScope {
+            user_id: self.user_id.clone(),
+            ..Default::default()
+        };
+        for (drive, role) in self.roles.read().expect("roles lock").iter() {
+            if *role >= DriveRole::Admin {
+                scope.all_in.push(drive.clone());
+            } else {
+                scope.own_in.push(drive.clone());
+            }
+        }
+        scope
+    }
+
+    /// ADMIN/OWNER manage members.
+    pub fn check_manage_members(&self, drive_id: &str) -> ApiResult<()> {
+        match self.role(drive_id) {
+            None => Err(ApiError::not_found("drive", drive_id)),
+            Some(r) if r >= DriveRole::Admin => Ok(()),
+            Some(_) => Err(ApiError::Forbidden(
+                "managing members needs the ADMIN role or higher in this drive".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Builds the shared state and the HTTP router. `main.rs` and the tests build
+//! the server the same way: `Application::build` binds (port 0 in tests).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{ErrorExtensions, ServerError};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sea_orm::DatabaseConnection;
+
+use crate::access::Access;
+use crate::auth::{JwtKeys, Viewer};
+use crate::config::Config;
+use crate::db::{self, StatementCounter};
+use crate::domain::users;
+use crate::engine::agents::AgentRegistry;
+use crate::error::ApiError;
+use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
+
+pub const DEMO_USER_ID: &str = "demo-user";
+
+/// Everything a request handler needs, shared by all of them.
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub statements: Arc<StatementCounter>,
+    pub keys: JwtKeys,
+    pub schema: AppSchema,
+    pub agents: Arc<AgentRegistry>,
+    /// Set when no `JWT_SECRET` was given: a token for the demo user,
+    /// prefilled in GraphiQL.
+    pub demo_token: Option<String>,
+    /// Claims last written to `users`, so a request whose token says nothing
+    /// new skips the upsert.
+    known_users: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
+}
+
+impl AppState {
+    /// Creates or updates the viewer's `users` row unless it is known to be current.
+    pub async fn remember_user(&self, viewer: &Viewer) -> Result<(), ApiError> {
+        let claims = (viewer.name.clone(), viewer.email.clone());
+        let known = self.known_users.lock().expect("lock").get(&viewer.id) == Some(&claims);
+        if !known {
+            users::upsert(&self.db, viewer).await?;
+            let mut cache = self.known_users.lock().expect("lock");
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(viewer.id.clone(), claims);
+        }
+        Ok(())
+    }
+
+    /// The request context of an authenticated viewer.
+    pub async fn request_ctx(&self, viewer: Viewer) -> Result<RequestCtx, ApiError> {
+        self.remember_user(&viewer).await?;
+        let roles = users::memberships(&self.db, &viewer.id).await?;
+        let access = Access::new(viewer.id.clone(), roles);
+        Ok(RequestCtx::new(&self.db, viewer, access))
+    }
+}
+
+pub struct Application {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Application {
+    /// Connects, migrates, loads agents and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let agents = Arc::new(AgentRegistry::load(config.agents_file.as_deref())?);
+        let (db, statements) =
+            db::connect(&config.database_url, config.database_max_connections).await?;
+        db::migrate(&db).await?;
+        let (keys, demo_token) = match &config.jwt_secret {
+            Some(secret) if !secret.is_empty() => (JwtKeys::new(secret.as_bytes()), None),
+            _ => {
+                let secret: [u8; 32] = rand::random();
+                let keys = JwtKeys::new(&secret);
+                let token = keys.issue(
+                    DEMO_USER_ID,
+                    Some("Demo User"),
+                    None,
+                    Duration::from_secs(24 * 3600),
+                );
+                (keys, Some(token))
+            }
+        };
+        let schema = graphql::build_schema(Some(SchemaData {
+            db: db.clone(),
+            agents: agents.clone(),
+        }));
+        let state = Arc::new(AppState {
+            db,
+            statements,
+            keys,
+            schema,
+            agents,
+            demo_token,
+            known_users: Mutex::new(HashMap::new()),
+        });
+        let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            addr,
+            state,
+            listener,
+        })
+    }
+
+    pub fn router(state: Arc<AppState>) -> Router {
+        Router::new()
+            .route("/graphql", get(graphiql).post(graphql_post))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(state)
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Self::router(self.state.clone());
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if db::ping(&state.db).await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+    }
+}
+
+async fn graphiql(State(state): State<Arc<AppState>>) -> Html<String> {
+    let bearer = state.demo_token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut page = GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql/ws")
+        .title("Workflows");
+    if let Some(b) = &bearer {
+        page = page
+            .header("Authorization", b)
+            .ws_connection_param("Authorization", b);
+    }
+    Html(page.finish())
+}
+
+/// A GraphQL response carrying one error and no data.
+pub fn error_response(status: StatusCode, message: &str, code: &'static str) -> Response {
+    let err = ServerError::new(message, None);
+    let err = ServerError {
+        extensions: async_graphql::Error::new(message)
+            .extend_with(|_, e| e.set("code", code))
+            .extensions,
+        ..err
+    };
+    let body = async_graphql::Response::from_errors(vec![err]);
+    let mut resp = (status, Json(body)).into_response();
+    if code == "UNAUTHENTICATED" {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+async fn graphql_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let viewer = match state.keys.verify_header(auth) {
+        Ok(v) => v,
+        Err(e) => return error_response(StatusCode::UNAUTHORIZED, &e.message(), "UNAUTHENTICATED"),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body is not a GraphQL request in JSON: {e}"),
+                "GRAPHQL_PARSE_FAILED",
+            );
+        }
+    };
+    let ctx = match state.request_ctx(viewer).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = ?e, "could not load the viewer");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error",
+                "INTERNAL_SERVER_ERROR",
+            );
+        }
+    };
+    let response = state.schema.execute(request.data(ctx)).await;
+    Json(response).into_response()
+}

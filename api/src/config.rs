@@ -1,0 +1,42 @@
+//! Every setting in one struct, read once from flags and the environment.
+
+use clap::Args;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://workflows.db?mode=rwc";
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// `postgres://…` selects PostgreSQL; `sqlite:…` selects SQLite.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Address the HTTP server listens on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
+    pub listen_addr: String,
+
+    /// HS256 secret for bearer tokens. Without it a random secret is made per
+    /// start and a demo token is printed.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// TOML file defining agents beyond the built-in ones.
+    #[arg(long = "agents", env = "AGENTS_FILE")]
+    pub agents_file: Option<std::path::PathBuf>,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+impl Config {
+    /// Defaults for everything, with the given database (tests and tools).
+    pub fn for_database(url: impl Into<String>) -> Self {
+        Self {
+            database_url: url.into(),
+            listen_addr: "127.0.0.1:0".into(),
+            jwt_secret: None,
+            agents_file: None,
+            database_max_connections: 16,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Relay cursors for lists ordered newest first by (`createdAt`, `id`).
+//! The cursor is opaque to clients: base64 of the row's time and id.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, NaiveDateTime};
+
+use crate::error::ApiError;
+
+pub const DEFAULT_PAGE: u64 = 20;
+pub const MAX_PAGE: u64 = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: NaiveDateTime,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(created_at: NaiveDateTime, id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}:{}",
+            created_at.and_utc().timestamp_micros(),
+            id
+        ))
+    }
+
+    pub fn decode(s: &str) -> Result<Self, ApiError> {
+        let bad = || ApiError::bad_input("after: not a cursor returned by this API");
+        let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::from_timestamp_micros(micros)
+            .ok_or_else(bad)?
+            .naive_utc();
+        Ok(Self {
+            created_at,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// Validates `first` (default 20, 0..=100).
+pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
+    match first {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if n < 0 => Err(ApiError::bad_input("first: must not be negative")),
+        Some(n) if n as u64 > MAX_PAGE => Err(ApiError::bad_input(format!(
+            "first: may not exceed {MAX_PAGE}"
+        ))),
+        Some(n) => Ok(n as u64),
+    }
+}
+
+/// One page of rows plus what `pageInfo` needs.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+}

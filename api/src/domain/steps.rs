@@ -1,0 +1,299 @@
+//! Workflow steps. Every change runs in one transaction that first locks the
+//! template, keeps `stepOrder` contiguous from 0, and re-checks every prompt's
+//! `step_K_output` references against the new order before committing.
+
+use chrono::NaiveDateTime;
+use entity::workflow_step as step;
+use sea_orm::sea_query::{CaseStatement, Expr, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use serde_json::Value;
+
+use super::validation::{self, OrderedPrompt};
+use super::{new_id, now, templates};
+use crate::error::{ApiError, ApiResult};
+
+/// A validated step ready to be written.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    pub agent_id: String,
+    pub prompt_template: String,
+    pub requires_user_input: bool,
+    pub input_schema: Option<Value>,
+    pub metadata: Option<Value>,
+    pub condition: Option<Value>,
+}
+
+/// Validated changes; `None` leaves a field, `Some(None)` clears a JSON field.
+#[derive(Debug, Clone, Default)]
+pub struct StepChanges {
+    pub agent_id: Option<String>,
+    pub prompt_template: Option<String>,
+    pub requires_user_input: Option<bool>,
+    pub input_schema: Option<Option<Value>>,
+    pub metadata: Option<Option<Value>>,
+    pub condition: Option<Option<Value>>,
+}
+
+fn field_for_step(order: i32) -> String {
+    format!("steps[{order}].promptTemplate")
+}
+
+/// Checks a whole template's prompts, in their final order.
+pub fn check_references<'a>(prompts: impl Iterator<Item = &'a str>) -> ApiResult<()> {
+    let list: Vec<OrderedPrompt<'_>> = prompts
+        .enumerate()
+        .map(|(i, prompt)| OrderedPrompt {
+            order: i as i32,
+            prompt,
+        })
+        .collect();
+    validation::step_references(&list, field_for_step)
+}
+
+pub(super) async fn insert_all(
+    db: &impl ConnectionTrait,
+    template_id: &str,
+    steps: Vec<NewStep>,
+    at: NaiveDateTime,
+) -> Result<(), DbErr> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let rows = steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| step::ActiveModel {
+            id: Set(new_id()),
+            workflow_template_id: Set(template_id.to_owned()),
+            step_order: Set(i as i32),
+            agent_id: Set(s.agent_id),
+            prompt_template: Set(s.prompt_template),
+            requires_user_input: Set(s.requires_user_input),
+            input_schema: Set(s.input_schema),
+            metadata: Set(s.metadata),
+            condition: Set(s.condition),
+            created_at: Set(at),
+            updated_at: Set(at),
+        });
+    step::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<step::Model>, DbErr> {
+    step::Entity::find_by_id(id.to_owned()).one(db).await
+}
+
+pub async fn find_many(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<Vec<step::Model>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    step::Entity::find()
+        .filter(step::Column::Id.is_in(ids.iter().cloned()))
+        .all(db)
+        .await
+}
+
+/// The steps of many templates, each template's in `stepOrder`.
+pub async fn of_templates(
+    db: &impl ConnectionTrait,
+    template_ids: &[String],
+) -> Result<Vec<step::Model>, DbErr> {
+    if template_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    step::Entity::find()
+        .filter(step::Column::WorkflowTemplateId.is_in(template_ids.iter().cloned()))
+        .order_by_asc(step::Column::WorkflowTemplateId)
+        .order_by_asc(step::Column::StepOrder)
+        .all(db)
+        .await
+}
+
+/// Starts a transaction holding the template's lock and reads its steps.
+async fn begin(
+    db: &DatabaseConnection,
+    template_id: &str,
+) -> ApiResult<(DatabaseTransaction, Vec<step::Model>)> {
+    let txn = db.begin().await?;
+    if !templates::lock_for_step_change(&txn, template_id).await? {
+        return Err(ApiError::not_found("workflow template", template_id));
+    }
+    let steps = of_templates(&txn, &[template_id.to_owned()]).await?;
+    Ok((txn, steps))
+}
+
+/// Writes `stepOrder` = position for every step whose order changed, in one statement.
+async fn renumber(
+    txn: &DatabaseTransaction,
+    ordered: &[step::Model],
+    at: NaiveDateTime,
+) -> Result<(), DbErr> {
+    let changed: Vec<(&str, i32)> = ordered
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.step_order != *i as i32)
+        .map(|(i, s)| (s.id.as_str(), i as i32))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut case = CaseStatement::new();
+    for (id, order) in &changed {
+        case = case.case(step::Column::Id.eq(*id), *order);
+    }
+    let stmt = Query::update()
+        .table(step::Entity)
+        .value(step::Column::StepOrder, Expr::Case(Box::new(case)))
+        .value(step::Column::UpdatedAt, at)
+        .and_where(step::Column::Id.is_in(changed.iter().map(|(id, _)| id.to_string())))
+        .to_owned();
+    txn.execute(&stmt).await?;
+    Ok(())
+}
+
+/// Appends, or inserts at `position` and shifts the rest.
+pub async fn add(
+    db: &DatabaseConnection,
+    template_id: &str,
+    new: NewStep,
+    position: Option<i32>,
+) -> ApiResult<step::Model> {
+    let (txn, mut steps) = begin(db, template_id).await?;
+    let count = steps.len() as i32;
+    let position = position.unwrap_or(count);
+    if !(0..=count).contains(&position) {
+        return Err(ApiError::bad_input(format!(
+            "stepOrder: must be between 0 and {count} (the number of steps)"
+        )));
+    }
+    let at = now();
+    let row = step::Model {
+        id: new_id(),
+        workflow_template_id: template_id.to_owned(),
+        step_order: position,
+        agent_id: new.agent_id,
+        prompt_template: new.prompt_template,
+        requires_user_input: new.requires_user_input,
+        input_schema: new.input_schema,
+        metadata: new.metadata,
+        condition: new.condition,
+        created_at: at,
+        updated_at: at,
+    };
+    steps.insert(position as usize, row.clone());
+    check_references(steps.iter().map(|s| s.prompt_template.as_str()))?;
+    // Shift the later steps (the new row already sits at its index), then fill the gap.
+    renumber(&txn, &steps, at).await?;
+    step::Entity::insert(step::ActiveModel::from(row.clone()))
+        .exec_without_returning(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    current: &step::Model,
+    changes: StepChanges,
+) -> ApiResult<step::Model> {
+    let (txn, steps) = begin(db, &current.workflow_template_id).await?;
+    let Some(mut next) = steps.iter().find(|s| s.id == current.id).cloned() else {
+        return Err(ApiError::not_found("workflow step", &current.id));
+    };
+    if let Some(v) = changes.agent_id {
+        next.agent_id = v;
+    }
+    if let Some(v) = changes.prompt_template {
+        next.prompt_template = v;
+    }
+    if let Some(v) = changes.requires_user_input {
+        next.requires_user_input = v;
+    }
+    if let Some(v) = changes.input_schema {
+        next.input_schema = v;
+    }
+    if let Some(v) = changes.metadata {
+        next.metadata = v;
+    }
+    if let Some(v) = changes.condition {
+        next.condition = v;
+    }
+    next.updated_at = now();
+    check_references(steps.iter().map(|s| {
+        if s.id == next.id {
+            next.prompt_template.as_str()
+        } else {
+            s.prompt_template.as_str()
+        }
+    }))?;
+    step::Entity::update(step::ActiveModel {
+        id: sea_orm::ActiveValue::Unchanged(next.id.clone()),
+        agent_id: Set(next.agent_id.clone()),
+        prompt_template: Set(next.prompt_template.clone()),
+        requires_user_input: Set(next.requires_user_input),
+        input_schema: Set(next.input_schema.clone()),
+        metadata: Set(next.metadata.clone()),
+        condition: Set(next.condition.clone()),
+        updated_at: Set(next.updated_at),
+        ..Default::default()
+    })
+    .exec(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(next)
+}
+
+/// Deletes a step and closes the gap. Execution steps that ran it keep their
+/// record with `workflowStepId` set to NULL (FK SET NULL).
+pub async fn delete(db: &DatabaseConnection, current: &step::Model) -> ApiResult<()> {
+    let (txn, steps) = begin(db, &current.workflow_template_id).await?;
+    let remaining: Vec<step::Model> = steps.into_iter().filter(|s| s.id != current.id).collect();
+    check_references(remaining.iter().map(|s| s.prompt_template.as_str()))?;
+    step::Entity::delete_by_id(current.id.clone())
+        .exec(&txn)
+        .await?;
+    renumber(&txn, &remaining, now()).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Puts the steps in the order of `ids`, which must name each step once.
+pub async fn reorder(db: &DatabaseConnection, template_id: &str, ids: &[String]) -> ApiResult<()> {
+    let (txn, steps) = begin(db, template_id).await?;
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id.as_str()) {
+            return Err(ApiError::bad_input(format!(
+                "stepIds: step {id} is listed more than once"
+            )));
+        }
+        if !steps.iter().any(|s| &s.id == id) {
+            return Err(ApiError::bad_input(format!(
+                "stepIds: {id} is not a step of this template"
+            )));
+        }
+    }
+    if ids.len() != steps.len() {
+        return Err(ApiError::bad_input(format!(
+            "stepIds: must list every step of the template exactly once ({} given, {} steps)",
+            ids.len(),
+            steps.len()
+        )));
+    }
+    let ordered: Vec<step::Model> = ids
+        .iter()
+        .filter_map(|id| steps.iter().find(|s| &s.id == id).cloned())
+        .collect();
+    check_references(ordered.iter().map(|s| s.prompt_template.as_str()))?;
+    renumber(&txn, &ordered, now()).await?;
+    txn.commit().await?;
+    Ok(())
+}

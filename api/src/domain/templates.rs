@@ -1,0 +1,284 @@
+//! Workflow templates: create (with steps, in one transaction), update,
+//! delete, and the filtered, paginated list.
+
+use entity::{Tags, workflow_template as template};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::pagination::{Cursor, Page};
+use super::steps::{self, NewStep};
+use super::{new_id, now};
+use crate::access::TemplateScope;
+
+/// A validated template ready to be written.
+#[derive(Debug, Clone)]
+pub struct NewTemplate {
+    pub drive_id: String,
+    pub created_by: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    pub is_public: bool,
+    pub steps: Vec<NewStep>,
+}
+
+/// Validated changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateChanges {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+    pub category: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+    pub is_public: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFilter {
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    pub is_public: Option<bool>,
+    pub search: Option<String>,
+    pub created_by: Option<String>,
+}
+
+pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<template::Model, DbErr> {
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    let at = now();
+    let row = template::Model {
+        id: new_id(),
+        name: new.name,
+        description: new.description,
+        drive_id: new.drive_id,
+        created_by: new.created_by,
+        category: new.category,
+        tags: Tags(new.tags),
+        is_public: new.is_public,
+        created_at: at,
+        updated_at: at,
+    };
+    let insert = Query::insert()
+        .into_table(template::Entity)
+        .columns([
+            template::Column::Id,
+            template::Column::Name,
+            template::Column::Description,
+            template::Column::DriveId,
+            template::Column::CreatedBy,
+            template::Column::Category,
+            template::Column::Tags,
+            template::Column::IsPublic,
+            template::Column::CreatedAt,
+            template::Column::UpdatedAt,
+        ])
+        .values_panic([
+            row.id.clone().into(),
+            row.name.clone().into(),
+            row.description.clone().into(),
+            row.drive_id.clone().into(),
+            row.created_by.clone().into(),
+            row.category.clone().into(),
+            row.tags.to_value(backend).into(),
+            row.is_public.into(),
+            at.into(),
+            at.into(),
+        ])
+        .to_owned();
+    txn.execute(&insert).await?;
+    steps::insert_all(&txn, &row.id, new.steps, at).await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+pub async fn update(
+    db: &impl ConnectionTrait,
+    current: &template::Model,
+    changes: TemplateChanges,
+) -> Result<template::Model, DbErr> {
+    let backend = db.get_database_backend();
+    let mut next = current.clone();
+    let mut stmt = Query::update();
+    stmt.table(template::Entity)
+        .and_where(template::Column::Id.eq(current.id.clone()));
+    if let Some(name) = changes.name {
+        stmt.value(template::Column::Name, name.clone());
+        next.name = name;
+    }
+    if let Some(d) = changes.description {
+        stmt.value(template::Column::Description, d.clone());
+        next.description = d;
+    }
+    if let Some(c) = changes.category {
+        stmt.value(template::Column::Category, c.clone());
+        next.category = c;
+    }
+    if let Some(t) = changes.tags {
+        let tags = Tags(t);
+        stmt.value(template::Column::Tags, tags.to_value(backend));
+        next.tags = tags;
+    }
+    if let Some(p) = changes.is_public {
+        stmt.value(template::Column::IsPublic, p);
+        next.is_public = p;
+    }
+    next.updated_at = now();
+    stmt.value(template::Column::UpdatedAt, next.updated_at);
+    let res = db.execute(&stmt).await?;
+    if res.rows_affected() == 0 {
+        return Err(DbErr::RecordNotFound(format!(
+            "workflow template {}",
+            current.id
+        )));
+    }
+    Ok(next)
+}
+
+/// Deletes the template; its steps and executions go with it (FK CASCADE).
+pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool, DbErr> {
+    let res = template::Entity::delete_by_id(id.to_owned())
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected > 0)
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<template::Model>, DbErr> {
+    template::Entity::find_by_id(id.to_owned()).one(db).await
+}
+
+pub async fn find_many(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<Vec<template::Model>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    template::Entity::find()
+        .filter(template::Column::Id.is_in(ids.iter().cloned()))
+        .all(db)
+        .await
+}
+
+/// The WHERE clause of a template list: the drive, what the viewer may see,
+/// and the client's filter.
+pub fn list_condition(
+    backend: DbBackend,
+    drive_id: &str,
+    scope: &TemplateScope,
+    filter: &TemplateFilter,
+) -> Option<Condition> {
+    let mut cond = Condition::all().add(template::Column::DriveId.eq(drive_id));
+    match scope {
+        TemplateScope::None => return None,
+        TemplateScope::All => {}
+        TemplateScope::PublicOrCreatedBy(user) => {
+            cond = cond.add(
+                Condition::any()
+                    .add(template::Column::IsPublic.eq(true))
+                    .add(template::Column::CreatedBy.eq(user.clone())),
+            );
+        }
+    }
+    if let Some(c) = &filter.category {
+        cond = cond.add(template::Column::Category.eq(c.clone()));
+    }
+    if let Some(p) = filter.is_public {
+        cond = cond.add(template::Column::IsPublic.eq(p));
+    }
+    if let Some(u) = &filter.created_by {
+        cond = cond.add(template::Column::CreatedBy.eq(u.clone()));
+    }
+    if let Some(s) = filter.search.as_deref().filter(|s| !s.is_empty()) {
+        // Case-insensitive substring; LIKE wildcards in the search are literal.
+        let pattern = format!(
+            "%{}%",
+            s.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        cond = cond.add(
+            Condition::any()
+                .add(Expr::cust_with_values(
+                    r#"LOWER("name") LIKE ? ESCAPE '\'"#,
+                    [pattern.clone()],
+                ))
+                .add(Expr::cust_with_values(
+                    r#"LOWER(COALESCE("description", '')) LIKE ? ESCAPE '\'"#,
+                    [pattern],
+                )),
+        );
+    }
+    if !filter.tags.is_empty() {
+        match backend {
+            DbBackend::Postgres => {
+                cond = cond.add(Expr::cust_with_values(
+                    r#""tags" @> ?"#,
+                    [Tags(filter.tags.clone()).to_value(DbBackend::Postgres)],
+                ));
+            }
+            _ => {
+                for tag in &filter.tags {
+                    cond = cond.add(Expr::cust_with_values(
+                        r#"EXISTS (SELECT 1 FROM json_each("workflow_templates"."tags") WHERE json_each.value = ?)"#,
+                        [tag.clone()],
+                    ));
+                }
+            }
+        }
+    }
+    Some(cond)
+}
+
+/// One page, newest first, after `after`.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    cond: Condition,
+    first: u64,
+    after: Option<&Cursor>,
+) -> Result<Page<template::Model>, DbErr> {
+    let mut q = template::Entity::find().filter(cond);
+    if let Some(c) = after {
+        q = q.filter(
+            Condition::any()
+                .add(template::Column::CreatedAt.lt(c.created_at))
+                .add(
+                    Condition::all()
+                        .add(template::Column::CreatedAt.eq(c.created_at))
+                        .add(template::Column::Id.lt(c.id.clone())),
+                ),
+        );
+    }
+    let mut rows = q
+        .order_by_desc(template::Column::CreatedAt)
+        .order_by_desc(template::Column::Id)
+        .limit(first + 1)
+        .all(db)
+        .await?;
+    let has_next_page = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    Ok(Page {
+        rows,
+        has_next_page,
+        has_previous_page: after.is_some(),
+    })
+}
+
+pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, DbErr> {
+    template::Entity::find().filter(cond).count(db).await
+}
+
+/// Locks the template row for the rest of the transaction (PostgreSQL row
+/// lock; on SQLite the write takes the database's write lock), so concurrent
+/// step changes to one template apply one after another.
+pub async fn lock_for_step_change(db: &impl ConnectionTrait, id: &str) -> Result<bool, DbErr> {
+    let stmt = Query::update()
+        .table(template::Entity)
+        .value(template::Column::UpdatedAt, now())
+        .and_where(template::Column::Id.eq(id))
+        .to_owned();
+    Ok(db.execute(&stmt).await?.rows_affected() > 0)
+}

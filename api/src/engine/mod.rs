@@ -1,0 +1,5 @@
+//! Running executions: prompt rendering, conditions and the agents that steps call.
+
+pub mod agents;
+pub mod condition;
+pub mod prompt;

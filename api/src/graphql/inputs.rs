@@ -1,0 +1,173 @@
+//! GraphQL input types, and their conversion into validated domain values.
+
+use async_graphql::{ID, InputObject, Json, MaybeUndefined};
+use serde_json::Value;
+
+use super::types::ExecutionStatusGql;
+use crate::domain::steps::{NewStep, StepChanges};
+use crate::domain::validation as v;
+use crate::engine::agents::AgentRegistry;
+use crate::error::{ApiError, ApiResult};
+
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+pub const MAX_CATEGORY_CHARS: usize = 200;
+
+#[derive(InputObject)]
+pub struct WorkflowTemplateFilter {
+    pub category: Option<String>,
+    /// A template matches when it has every listed tag.
+    pub tags: Option<Vec<String>>,
+    pub is_public: Option<bool>,
+    /// Case-insensitive substring of name or description.
+    pub search: Option<String>,
+    pub created_by: Option<ID>,
+}
+
+#[derive(InputObject)]
+pub struct WorkflowExecutionFilter {
+    pub drive_id: Option<ID>,
+    pub template_id: Option<ID>,
+    pub status: Option<Vec<ExecutionStatusGql>>,
+    pub mine: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct CreateDriveInput {
+    pub name: String,
+}
+
+#[derive(InputObject)]
+pub struct CreateWorkflowTemplateInput {
+    pub drive_id: ID,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub tags: Option<Vec<String>>,
+    #[graphql(default = false)]
+    pub is_public: bool,
+    pub steps: Option<Vec<WorkflowStepInput>>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateWorkflowTemplateInput {
+    pub name: Option<String>,
+    pub description: MaybeUndefined<String>,
+    pub category: MaybeUndefined<String>,
+    pub tags: Option<Vec<String>>,
+    pub is_public: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct WorkflowStepInput {
+    pub agent_id: String,
+    pub prompt_template: String,
+    #[graphql(default = false)]
+    pub requires_user_input: bool,
+    pub input_schema: Option<Json<Value>>,
+    pub metadata: Option<Json<Value>>,
+    pub condition: Option<Json<Value>>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateWorkflowStepInput {
+    pub agent_id: Option<String>,
+    pub prompt_template: Option<String>,
+    pub requires_user_input: Option<bool>,
+    pub input_schema: MaybeUndefined<Json<Value>>,
+    pub metadata: MaybeUndefined<Json<Value>>,
+    pub condition: MaybeUndefined<Json<Value>>,
+}
+
+/// JSON `null` given for a JSON field means "none".
+fn some_json(v: Option<Json<Value>>) -> Option<Value> {
+    v.map(|j| j.0).filter(|v| !v.is_null())
+}
+
+fn maybe_json(v: MaybeUndefined<Json<Value>>) -> Option<Option<Value>> {
+    match v {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(j) if j.0.is_null() => Some(None),
+        MaybeUndefined::Value(j) => Some(Some(j.0)),
+    }
+}
+
+impl WorkflowStepInput {
+    /// Validates one step; `field` prefixes messages (e.g. `steps[2]` or `input`).
+    pub fn validate(self, field: &str, agents: &AgentRegistry) -> ApiResult<NewStep> {
+        v::agent_id(&format!("{field}.agentId"), &self.agent_id, agents)?;
+        v::prompt_template(&format!("{field}.promptTemplate"), &self.prompt_template)?;
+        let input_schema = some_json(self.input_schema);
+        if let Some(s) = &input_schema {
+            v::input_schema(&format!("{field}.inputSchema"), s)?;
+        }
+        let metadata = some_json(self.metadata);
+        if let Some(m) = &metadata {
+            v::metadata(&format!("{field}.metadata"), m)?;
+        }
+        let condition = some_json(self.condition);
+        if let Some(c) = &condition {
+            v::condition(&format!("{field}.condition"), c)?;
+        }
+        Ok(NewStep {
+            agent_id: self.agent_id,
+            prompt_template: self.prompt_template,
+            requires_user_input: self.requires_user_input,
+            input_schema,
+            metadata,
+            condition,
+        })
+    }
+}
+
+impl UpdateWorkflowStepInput {
+    pub fn validate(self, agents: &AgentRegistry) -> ApiResult<StepChanges> {
+        if let Some(a) = &self.agent_id {
+            v::agent_id("input.agentId", a, agents)?;
+        }
+        if let Some(p) = &self.prompt_template {
+            v::prompt_template("input.promptTemplate", p)?;
+        }
+        let input_schema = maybe_json(self.input_schema);
+        if let Some(Some(s)) = &input_schema {
+            v::input_schema("input.inputSchema", s)?;
+        }
+        let metadata = maybe_json(self.metadata);
+        if let Some(Some(m)) = &metadata {
+            v::metadata("input.metadata", m)?;
+        }
+        let condition = maybe_json(self.condition);
+        if let Some(Some(c)) = &condition {
+            v::condition("input.condition", c)?;
+        }
+        Ok(StepChanges {
+            agent_id: self.agent_id,
+            prompt_template: self.prompt_template,
+            requires_user_input: self.requires_user_input,
+            input_schema,
+            metadata,
+            condition,
+        })
+    }
+}
+
+pub fn description(field: &str, raw: Option<String>) -> ApiResult<Option<String>> {
+    v::optional_text(field, raw, MAX_DESCRIPTION_CHARS)
+}
+
+pub fn category(field: &str, raw: Option<String>) -> ApiResult<Option<String>> {
+    v::optional_text(field, raw, MAX_CATEGORY_CHARS)
+}
+
+/// A drive name follows the rules of a template name.
+pub fn drive_name(raw: &str) -> ApiResult<String> {
+    v::template_name("input.name", raw)
+}
+
+pub fn context_object(ctx: Option<Json<Value>>) -> ApiResult<Value> {
+    match ctx.map(|j| j.0) {
+        None | Some(Value::Null) => Ok(Value::Object(Default::default())),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(ApiError::bad_input("context: must be a JSON object")),
+    }
+}

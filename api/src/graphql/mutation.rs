@@ -1,0 +1,293 @@
+//! `Mutation`: every resolver checks access (access.rs), validates, then calls
+//! the domain, which writes in one transaction. A failed mutation changes nothing.
+
+use async_graphql::{Context, ID, Object, Result};
+use entity::DriveRole;
+
+use super::inputs::*;
+use super::types::*;
+use super::{RequestCtx, SchemaData};
+use crate::domain::steps::check_references;
+use crate::domain::templates::{NewTemplate, TemplateChanges};
+use crate::domain::validation as v;
+use crate::domain::{drives, steps, templates, users};
+use crate::error::{ApiError, ApiResult};
+
+pub struct Mutation;
+
+fn rctx<'a>(ctx: &'a Context<'_>) -> &'a RequestCtx {
+    ctx.data_unchecked::<RequestCtx>()
+}
+
+fn agents<'a>(ctx: &'a Context<'_>) -> &'a crate::engine::agents::AgentRegistry {
+    &ctx.data_unchecked::<SchemaData>().agents
+}
+
+/// The template, if it exists and the viewer may see it.
+async fn visible_template(r: &RequestCtx, id: &str) -> ApiResult<entity::workflow_template::Model> {
+    templates::find(&r.db, id)
+        .await?
+        .filter(|t| r.access.can_see_template(t))
+        .ok_or_else(|| ApiError::not_found("workflow template", id))
+}
+
+/// The step and its template, if the viewer may see the template.
+async fn visible_step(
+    r: &RequestCtx,
+    id: &str,
+) -> ApiResult<(
+    entity::workflow_step::Model,
+    entity::workflow_template::Model,
+)> {
+    let step = steps::find(&r.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workflow step", id))?;
+    let template = templates::find(&r.db, &step.workflow_template_id)
+        .await?
+        .filter(|t| r.access.can_see_template(t))
+        .ok_or_else(|| ApiError::not_found("workflow step", id))?;
+    Ok((step, template))
+}
+
+#[Object]
+impl Mutation {
+    /// Creates a drive; the viewer becomes its OWNER.
+    async fn create_drive(&self, ctx: &Context<'_>, input: CreateDriveInput) -> Result<Drive> {
+        let r = rctx(ctx);
+        let name = drive_name(&input.name)?;
+        let row = drives::create(&r.db, &r.viewer.id, &name)
+            .await
+            .map_err(ApiError::from)?;
+        r.access.set_own_role(&row.id, Some(DriveRole::Owner));
+        Ok(Drive(row))
+    }
+
+    /// Adds a member, or changes the role of one who already is.
+    async fn add_drive_member(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: ID,
+        user_id: ID,
+        role: DriveRoleGql,
+    ) -> Result<DriveMember> {
+        let r = rctx(ctx);
+        r.access.check_manage_members(&drive_id)?;
+        let role: DriveRole = role.into();
+        if role == DriveRole::Owner {
+            return Err(ApiError::bad_input(
+                "role: a drive has one OWNER, its creator; choose ADMIN, MEMBER or VIEWER",
+            )
+            .into());
+        }
+        if users::find(&r.db, &user_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::not_found("user", &user_id).into());
+        }
+        if let Some(existing) = drives::member(&r.db, &drive_id, &user_id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            if existing.role == DriveRole::Owner {
+                return Err(ApiError::Forbidden("the drive's OWNER keeps that role".into()).into());
+            }
+        }
+        let row = drives::set_member(&r.db, &drive_id, &user_id, role)
+            .await
+            .map_err(ApiError::from)?;
+        if user_id.0 == r.viewer.id {
+            r.access.set_own_role(&drive_id, Some(role));
+        }
+        Ok(DriveMember(row))
+    }
+
+    /// Removes a member; false when the user was not a member. The OWNER cannot be removed.
+    async fn remove_drive_member(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: ID,
+        user_id: ID,
+    ) -> Result<bool> {
+        let r = rctx(ctx);
+        r.access.check_manage_members(&drive_id)?;
+        match drives::member(&r.db, &drive_id, &user_id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            None => Ok(false),
+            Some(m) if m.role == DriveRole::Owner => {
+                Err(ApiError::Forbidden("the drive's OWNER cannot be removed".into()).into())
+            }
+            Some(_) => {
+                let removed = drives::remove_member(&r.db, &drive_id, &user_id)
+                    .await
+                    .map_err(ApiError::from)?;
+                if user_id.0 == r.viewer.id {
+                    r.access.set_own_role(&drive_id, None);
+                }
+                Ok(removed)
+            }
+        }
+    }
+
+    async fn create_workflow_template(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWorkflowTemplateInput,
+    ) -> Result<WorkflowTemplate> {
+        let r = rctx(ctx);
+        r.access.check_create_template(&input.drive_id)?;
+        let name = v::template_name("input.name", &input.name)?;
+        let description = description("input.description", input.description)?;
+        let category = category("input.category", input.category)?;
+        let tags = v::tags("input.tags", input.tags.unwrap_or_default())?;
+        let mut new_steps = Vec::new();
+        for (i, s) in input.steps.unwrap_or_default().into_iter().enumerate() {
+            new_steps.push(s.validate(&format!("input.steps[{i}]"), agents(ctx))?);
+        }
+        check_references(new_steps.iter().map(|s| s.prompt_template.as_str()))
+            .map_err(|e| prefix_steps_field(e, "input."))?;
+        let row = templates::create(
+            &r.db,
+            NewTemplate {
+                drive_id: input.drive_id.0,
+                created_by: r.viewer.id.clone(),
+                name,
+                description,
+                category,
+                tags,
+                is_public: input.is_public,
+                steps: new_steps,
+            },
+        )
+        .await
+        .map_err(ApiError::from)?;
+        Ok(WorkflowTemplate(row))
+    }
+
+    async fn update_workflow_template(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateWorkflowTemplateInput,
+    ) -> Result<WorkflowTemplate> {
+        let r = rctx(ctx);
+        let current = visible_template(r, &id).await?;
+        r.access.check_change_template(&current)?;
+        let changes = TemplateChanges {
+            name: input
+                .name
+                .as_deref()
+                .map(|n| v::template_name("input.name", n))
+                .transpose()?,
+            description: changed_text(input.description, |d| description("input.description", d))?,
+            category: changed_text(input.category, |c| category("input.category", c))?,
+            tags: input.tags.map(|t| v::tags("input.tags", t)).transpose()?,
+            is_public: input.is_public,
+        };
+        let row = templates::update(&r.db, &current, changes)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(WorkflowTemplate(row))
+    }
+
+    /// Deletes the template with its steps and executions; returns its id.
+    async fn delete_workflow_template(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let r = rctx(ctx);
+        let current = visible_template(r, &id).await?;
+        r.access.check_change_template(&current)?;
+        if !templates::delete(&r.db, &id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::not_found("workflow template", &id).into());
+        }
+        Ok(id)
+    }
+
+    /// Appends a step, or inserts it at `stepOrder` and shifts the rest.
+    async fn add_workflow_step(
+        &self,
+        ctx: &Context<'_>,
+        template_id: ID,
+        input: WorkflowStepInput,
+        step_order: Option<i32>,
+    ) -> Result<WorkflowStep> {
+        let r = rctx(ctx);
+        let template = visible_template(r, &template_id).await?;
+        r.access.check_change_template(&template)?;
+        let new = input.validate("input", agents(ctx))?;
+        let row = steps::add(&r.db, &template.id, new, step_order).await?;
+        Ok(WorkflowStep(row))
+    }
+
+    async fn update_workflow_step(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateWorkflowStepInput,
+    ) -> Result<WorkflowStep> {
+        let r = rctx(ctx);
+        let (step, template) = visible_step(r, &id).await?;
+        r.access.check_change_template(&template)?;
+        let changes = input.validate(agents(ctx))?;
+        let row = steps::update(&r.db, &step, changes).await?;
+        Ok(WorkflowStep(row))
+    }
+
+    /// Deletes a step and renumbers the rest; returns its id.
+    async fn delete_workflow_step(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let r = rctx(ctx);
+        let (step, template) = visible_step(r, &id).await?;
+        r.access.check_change_template(&template)?;
+        steps::delete(&r.db, &step).await?;
+        Ok(id)
+    }
+
+    /// Puts the template's steps in the given order (every step id exactly once).
+    async fn reorder_workflow_steps(
+        &self,
+        ctx: &Context<'_>,
+        template_id: ID,
+        step_ids: Vec<ID>,
+    ) -> Result<WorkflowTemplate> {
+        let r = rctx(ctx);
+        let template = visible_template(r, &template_id).await?;
+        r.access.check_change_template(&template)?;
+        let ids: Vec<String> = step_ids.into_iter().map(|i| i.0).collect();
+        steps::reorder(&r.db, &template.id, &ids).await?;
+        let row = templates::find(&r.db, &template.id)
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or(template);
+        Ok(WorkflowTemplate(row))
+    }
+}
+
+/// `None` leaves a text field alone; null or blank clears it.
+fn changed_text(
+    value: async_graphql::MaybeUndefined<String>,
+    check: impl Fn(Option<String>) -> ApiResult<Option<String>>,
+) -> ApiResult<Option<Option<String>>> {
+    match value {
+        async_graphql::MaybeUndefined::Undefined => Ok(None),
+        async_graphql::MaybeUndefined::Null => Ok(Some(None)),
+        async_graphql::MaybeUndefined::Value(s) => check(Some(s)).map(Some),
+    }
+}
+
+/// Reference errors name `steps[k]…`; in a create they are `input.steps[k]…`.
+fn prefix_steps_field(e: ApiError, prefix: &str) -> ApiError {
+    match e {
+        ApiError::BadUserInput {
+            message,
+            validation_errors,
+        } => ApiError::BadUserInput {
+            message: format!("{prefix}{message}"),
+            validation_errors,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,217 @@
+//! `Query`: reads. Anything the viewer may not see is absent.
+
+use async_graphql::{Context, ID, Object, Result};
+
+use super::RequestCtx;
+use super::inputs::{WorkflowExecutionFilter, WorkflowTemplateFilter};
+use super::types::*;
+use crate::domain::executions::ExecutionFilter;
+use crate::domain::pagination::{Cursor, page_size};
+use crate::domain::templates::TemplateFilter;
+use crate::domain::{self, drives, executions, templates, users};
+use crate::error::ApiError;
+
+pub struct Query;
+
+fn rctx<'a>(ctx: &'a Context<'_>) -> &'a RequestCtx {
+    ctx.data_unchecked::<RequestCtx>()
+}
+
+#[Object]
+impl Query {
+    /// The authenticated user.
+    async fn me(&self, ctx: &Context<'_>) -> Result<User> {
+        let r = rctx(ctx);
+        let row = users::find(&r.db, &r.viewer.id)
+            .await
+            .map_err(ApiError::from)?;
+        row.map(User)
+            .ok_or_else(|| ApiError::Internal("the viewer's user row is missing".into()).into())
+    }
+
+    /// Drives the viewer belongs to, newest first.
+    async fn drives(&self, ctx: &Context<'_>) -> Result<Vec<Drive>> {
+        let r = rctx(ctx);
+        let rows = drives::list(&r.db, &r.access.drive_ids())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(Drive).collect())
+    }
+
+    async fn drive(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Drive>> {
+        let r = rctx(ctx);
+        if !r.access.can_see_drive(&id) {
+            return Ok(None);
+        }
+        let row = r.loaders.drives.load_one(id.0).await.map_err(load_err)?;
+        Ok(row.map(Drive))
+    }
+
+    /// Built-in agents and those of the agents file.
+    async fn agents(&self, ctx: &Context<'_>) -> Vec<Agent> {
+        let data = ctx.data_unchecked::<super::SchemaData>();
+        data.agents
+            .list()
+            .map(|a| Agent {
+                id: ID(a.id.clone()),
+                description: a.description.clone(),
+                provider: a.provider.clone(),
+            })
+            .collect()
+    }
+
+    /// A drive's templates the viewer may see, newest first.
+    async fn workflow_templates(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: ID,
+        filter: Option<WorkflowTemplateFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WorkflowTemplateConnection> {
+        let r = rctx(ctx);
+        let first = page_size(first)?;
+        let after = after.as_deref().map(Cursor::decode).transpose()?;
+        let filter = filter
+            .map(|f| TemplateFilter {
+                category: f.category,
+                tags: f.tags.unwrap_or_default(),
+                is_public: f.is_public,
+                search: f.search,
+                created_by: f.created_by.map(|i| i.0),
+            })
+            .unwrap_or_default();
+        let scope = r.access.template_scope(&drive_id);
+        let Some(cond) =
+            templates::list_condition(r.db.get_database_backend(), &drive_id, &scope, &filter)
+        else {
+            return Ok(empty_templates());
+        };
+        let page = templates::list(&r.db, cond.clone(), first, after.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        for row in &page.rows {
+            r.loaders
+                .templates
+                .feed_one(row.id.clone(), row.clone())
+                .await;
+        }
+        let cursors: Vec<String> = page
+            .rows
+            .iter()
+            .map(|t| Cursor::encode(t.created_at, &t.id))
+            .collect();
+        Ok(WorkflowTemplateConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                has_previous_page: page.has_previous_page,
+                start_cursor: cursors.first().cloned(),
+                end_cursor: cursors.last().cloned(),
+            },
+            cursors,
+            nodes: page.rows.into_iter().map(WorkflowTemplate).collect(),
+            count_condition: Some(cond),
+        })
+    }
+
+    async fn workflow_template(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<Option<WorkflowTemplate>> {
+        let r = rctx(ctx);
+        let row = r.loaders.templates.load_one(id.0).await.map_err(load_err)?;
+        Ok(row
+            .filter(|t| r.access.can_see_template(t))
+            .map(WorkflowTemplate))
+    }
+
+    /// Executions the viewer may see, newest first.
+    async fn workflow_executions(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkflowExecutionFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WorkflowExecutionConnection> {
+        let r = rctx(ctx);
+        let first = page_size(first)?;
+        let after = after.as_deref().map(Cursor::decode).transpose()?;
+        let filter = filter
+            .map(|f| ExecutionFilter {
+                drive_id: f.drive_id.map(|i| i.0),
+                template_id: f.template_id.map(|i| i.0),
+                status: f
+                    .status
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+                mine: f.mine.unwrap_or(false),
+            })
+            .unwrap_or_default();
+        let Some(cond) = executions::list_condition(&r.access.execution_scope(), &filter) else {
+            return Ok(empty_executions());
+        };
+        let page = executions::list(&r.db, cond.clone(), first, after.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        let cursors: Vec<String> = page
+            .rows
+            .iter()
+            .map(|e| Cursor::encode(e.created_at, &e.id))
+            .collect();
+        Ok(WorkflowExecutionConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                has_previous_page: page.has_previous_page,
+                start_cursor: cursors.first().cloned(),
+                end_cursor: cursors.last().cloned(),
+            },
+            cursors,
+            nodes: page.rows.into_iter().map(WorkflowExecution).collect(),
+            count_condition: Some(cond),
+        })
+    }
+
+    async fn workflow_execution(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<Option<WorkflowExecution>> {
+        let r = rctx(ctx);
+        let row = domain::executions::find(&r.db, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(row
+            .filter(|e| r.access.can_see_execution(e))
+            .map(WorkflowExecution))
+    }
+}
+
+fn empty_page_info() -> PageInfo {
+    PageInfo {
+        has_next_page: false,
+        has_previous_page: false,
+        start_cursor: None,
+        end_cursor: None,
+    }
+}
+
+fn empty_templates() -> WorkflowTemplateConnection {
+    WorkflowTemplateConnection {
+        nodes: Vec::new(),
+        cursors: Vec::new(),
+        page_info: empty_page_info(),
+        count_condition: None,
+    }
+}
+
+fn empty_executions() -> WorkflowExecutionConnection {
+    WorkflowExecutionConnection {
+        nodes: Vec::new(),
+        cursors: Vec::new(),
+        page_info: empty_page_info(),
+        count_condition: None,
+    }
+}

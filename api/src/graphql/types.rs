@@ -1,0 +1,503 @@
+//! The GraphQL object types of API.md. Each wraps an entity model; nested
+//! fields go through the request's DataLoaders.
+
+use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use entity::{
+    drive, drive_member, user, workflow_execution as execution,
+    workflow_execution_step as exec_step,
+};
+use entity::{workflow_step as step, workflow_template as template};
+use sea_orm::Condition;
+use serde_json::Value;
+
+use super::{RequestCtx, loaders::LoadError};
+use crate::error::ApiError;
+
+pub(crate) fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+pub(crate) fn load_err(e: LoadError) -> async_graphql::Error {
+    ApiError::Internal(format!("loading related rows failed: {e}")).into()
+}
+
+fn missing(what: &str, id: &str) -> async_graphql::Error {
+    ApiError::Internal(format!("{what} {id} is referenced but missing")).into()
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "DriveRole")]
+pub enum DriveRoleGql {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl From<entity::DriveRole> for DriveRoleGql {
+    fn from(r: entity::DriveRole) -> Self {
+        match r {
+            entity::DriveRole::Owner => Self::Owner,
+            entity::DriveRole::Admin => Self::Admin,
+            entity::DriveRole::Member => Self::Member,
+            entity::DriveRole::Viewer => Self::Viewer,
+        }
+    }
+}
+
+impl From<DriveRoleGql> for entity::DriveRole {
+    fn from(r: DriveRoleGql) -> Self {
+        match r {
+            DriveRoleGql::Owner => Self::Owner,
+            DriveRoleGql::Admin => Self::Admin,
+            DriveRoleGql::Member => Self::Member,
+            DriveRoleGql::Viewer => Self::Viewer,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "WorkflowExecutionStatus")]
+pub enum ExecutionStatusGql {
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<entity::ExecutionStatus> for ExecutionStatusGql {
+    fn from(s: entity::ExecutionStatus) -> Self {
+        use entity::ExecutionStatus as S;
+        match s {
+            S::Running => Self::Running,
+            S::Paused => Self::Paused,
+            S::Completed => Self::Completed,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<ExecutionStatusGql> for entity::ExecutionStatus {
+    fn from(s: ExecutionStatusGql) -> Self {
+        match s {
+            ExecutionStatusGql::Running => Self::Running,
+            ExecutionStatusGql::Paused => Self::Paused,
+            ExecutionStatusGql::Completed => Self::Completed,
+            ExecutionStatusGql::Failed => Self::Failed,
+            ExecutionStatusGql::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "WorkflowExecutionStepStatus")]
+pub enum StepStatusGql {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+}
+
+impl From<entity::StepStatus> for StepStatusGql {
+    fn from(s: entity::StepStatus) -> Self {
+        use entity::StepStatus as S;
+        match s {
+            S::Pending => Self::Pending,
+            S::Running => Self::Running,
+            S::Completed => Self::Completed,
+            S::Failed => Self::Failed,
+            S::Skipped => Self::Skipped,
+        }
+    }
+}
+
+pub struct User(pub user::Model);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+    async fn email(&self) -> Option<&str> {
+        self.0.email.as_deref()
+    }
+}
+
+async fn load_user(ctx: &Context<'_>, id: &str) -> Result<User> {
+    let r = ctx.data_unchecked::<RequestCtx>();
+    r.loaders
+        .users
+        .load_one(id.to_owned())
+        .await
+        .map_err(load_err)?
+        .map(User)
+        .ok_or_else(|| missing("user", id))
+}
+
+pub struct Drive(pub drive::Model);
+
+#[Object]
+impl Drive {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn owner(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.owner_id).await
+    }
+    /// The viewer's role in this drive.
+    async fn my_role(&self, ctx: &Context<'_>) -> Result<DriveRoleGql> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        r.access
+            .role(&self.0.id)
+            .map(Into::into)
+            .ok_or_else(|| ApiError::not_found("drive", &self.0.id).into())
+    }
+    async fn members(&self, ctx: &Context<'_>) -> Result<Vec<DriveMember>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let rows = r
+            .loaders
+            .members_of_drive
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        Ok(rows.into_iter().map(DriveMember).collect())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+}
+
+pub struct DriveMember(pub drive_member::Model);
+
+#[Object]
+impl DriveMember {
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.user_id).await
+    }
+    async fn role(&self) -> DriveRoleGql {
+        self.0.role.into()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Agent {
+    pub id: ID,
+    pub description: Option<String>,
+    pub provider: String,
+}
+
+pub struct WorkflowTemplate(pub template::Model);
+
+#[Object]
+impl WorkflowTemplate {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn drive_id(&self) -> ID {
+        ID(self.0.drive_id.clone())
+    }
+    async fn drive(&self, ctx: &Context<'_>) -> Result<Drive> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        r.loaders
+            .drives
+            .load_one(self.0.drive_id.clone())
+            .await
+            .map_err(load_err)?
+            .map(Drive)
+            .ok_or_else(|| missing("drive", &self.0.drive_id))
+    }
+    async fn created_by(&self) -> ID {
+        ID(self.0.created_by.clone())
+    }
+    async fn creator(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.created_by).await
+    }
+    async fn category(&self) -> Option<&str> {
+        self.0.category.as_deref()
+    }
+    async fn tags(&self) -> &[String] {
+        &self.0.tags.0
+    }
+    async fn is_public(&self) -> bool {
+        self.0.is_public
+    }
+    /// Ordered by `stepOrder`.
+    async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowStep>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let rows = r
+            .loaders
+            .steps_of_template
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        Ok(rows.into_iter().map(WorkflowStep).collect())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+async fn load_template(ctx: &Context<'_>, id: &str) -> Result<WorkflowTemplate> {
+    let r = ctx.data_unchecked::<RequestCtx>();
+    r.loaders
+        .templates
+        .load_one(id.to_owned())
+        .await
+        .map_err(load_err)?
+        .map(WorkflowTemplate)
+        .ok_or_else(|| missing("workflow template", id))
+}
+
+pub struct WorkflowStep(pub step::Model);
+
+#[Object]
+impl WorkflowStep {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn workflow_template_id(&self) -> ID {
+        ID(self.0.workflow_template_id.clone())
+    }
+    async fn template(&self, ctx: &Context<'_>) -> Result<WorkflowTemplate> {
+        load_template(ctx, &self.0.workflow_template_id).await
+    }
+    async fn step_order(&self) -> i32 {
+        self.0.step_order
+    }
+    async fn agent_id(&self) -> &str {
+        &self.0.agent_id
+    }
+    async fn prompt_template(&self) -> &str {
+        &self.0.prompt_template
+    }
+    async fn requires_user_input(&self) -> bool {
+        self.0.requires_user_input
+    }
+    async fn input_schema(&self) -> Option<Json<&Value>> {
+        self.0.input_schema.as_ref().map(Json)
+    }
+    async fn metadata(&self) -> Option<Json<&Value>> {
+        self.0.metadata.as_ref().map(Json)
+    }
+    async fn condition(&self) -> Option<Json<&Value>> {
+        self.0.condition.as_ref().map(Json)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+pub struct WorkflowExecution(pub execution::Model);
+
+#[Object]
+impl WorkflowExecution {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn workflow_template_id(&self) -> ID {
+        ID(self.0.workflow_template_id.clone())
+    }
+    async fn template(&self, ctx: &Context<'_>) -> Result<WorkflowTemplate> {
+        load_template(ctx, &self.0.workflow_template_id).await
+    }
+    async fn user_id(&self) -> ID {
+        ID(self.0.user_id.clone())
+    }
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.user_id).await
+    }
+    async fn drive_id(&self) -> ID {
+        ID(self.0.drive_id.clone())
+    }
+    async fn status(&self) -> ExecutionStatusGql {
+        self.0.status.into()
+    }
+    async fn current_step_order(&self) -> Option<i32> {
+        self.0.current_step_order
+    }
+    async fn accumulated_context(&self) -> Json<&Value> {
+        Json(&self.0.accumulated_context)
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at.map(utc)
+    }
+    async fn paused_at(&self) -> Option<DateTime<Utc>> {
+        self.0.paused_at.map(utc)
+    }
+    async fn completed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.completed_at.map(utc)
+    }
+    async fn failed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.failed_at.map(utc)
+    }
+    async fn error_message(&self) -> Option<&str> {
+        self.0.error_message.as_deref()
+    }
+    /// Ordered by `stepOrder`.
+    async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowExecutionStep>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let rows = r
+            .loaders
+            .steps_of_execution
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        Ok(rows.into_iter().map(WorkflowExecutionStep).collect())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+pub struct WorkflowExecutionStep(pub exec_step::Model);
+
+#[Object]
+impl WorkflowExecutionStep {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn workflow_execution_id(&self) -> ID {
+        ID(self.0.workflow_execution_id.clone())
+    }
+    async fn workflow_step_id(&self) -> Option<ID> {
+        self.0.workflow_step_id.clone().map(ID)
+    }
+    /// The template step this record ran; null once that step was deleted.
+    async fn step_definition(&self, ctx: &Context<'_>) -> Result<Option<WorkflowStep>> {
+        let Some(id) = &self.0.workflow_step_id else {
+            return Ok(None);
+        };
+        let r = ctx.data_unchecked::<RequestCtx>();
+        Ok(r.loaders
+            .steps
+            .load_one(id.clone())
+            .await
+            .map_err(load_err)?
+            .map(WorkflowStep))
+    }
+    async fn step_order(&self) -> i32 {
+        self.0.step_order
+    }
+    async fn status(&self) -> StepStatusGql {
+        self.0.status.into()
+    }
+    async fn agent_input(&self) -> Option<Json<&Value>> {
+        self.0.agent_input.as_ref().map(Json)
+    }
+    async fn agent_output(&self) -> Option<Json<&Value>> {
+        self.0.agent_output.as_ref().map(Json)
+    }
+    async fn user_input(&self) -> Option<Json<&Value>> {
+        self.0.user_input.as_ref().map(Json)
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at.map(utc)
+    }
+    async fn completed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.completed_at.map(utc)
+    }
+    async fn error_message(&self) -> Option<&str> {
+        self.0.error_message.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+    pub start_cursor: Option<String>,
+    pub end_cursor: Option<String>,
+}
+
+/// Relay connection over a page of rows; `totalCount` runs its COUNT only
+/// when a client asks for it.
+macro_rules! connection {
+    ($conn:ident, $edge:ident, $node:ident, $count:path) => {
+        #[derive(SimpleObject)]
+        pub struct $edge {
+            pub cursor: String,
+            pub node: $node,
+        }
+
+        pub struct $conn {
+            pub(crate) nodes: Vec<$node>,
+            pub(crate) cursors: Vec<String>,
+            pub(crate) page_info: PageInfo,
+            pub(crate) count_condition: Option<Condition>,
+        }
+
+        #[Object]
+        impl $conn {
+            async fn edges(&self) -> Vec<$edge> {
+                self.nodes
+                    .iter()
+                    .zip(&self.cursors)
+                    .map(|(n, c)| $edge {
+                        cursor: c.clone(),
+                        node: $node(n.0.clone()),
+                    })
+                    .collect()
+            }
+            async fn nodes(&self) -> Vec<$node> {
+                self.nodes.iter().map(|n| $node(n.0.clone())).collect()
+            }
+            async fn page_info(&self) -> &PageInfo {
+                &self.page_info
+            }
+            async fn total_count(&self, ctx: &Context<'_>) -> Result<i64> {
+                let Some(cond) = self.count_condition.clone() else {
+                    return Ok(0);
+                };
+                let r = ctx.data_unchecked::<RequestCtx>();
+                Ok($count(&r.db, cond).await.map_err(ApiError::from)? as i64)
+            }
+        }
+    };
+}
+
+connection!(
+    WorkflowTemplateConnection,
+    WorkflowTemplateEdge,
+    WorkflowTemplate,
+    crate::domain::templates::count
+);
+connection!(
+    WorkflowExecutionConnection,
+    WorkflowExecutionEdge,
+    WorkflowExecution,
+    crate::domain::executions::count
+);

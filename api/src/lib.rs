@@ -1,0 +1,11 @@
+//! The workflows server: multi-step AI agent workflows over GraphQL.
+
+pub mod access;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod graphql;

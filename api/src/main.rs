@@ -1,0 +1,103 @@
+//! The `workflows` binary: serve (default), migrate, token, schema.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use workflows::app::Application;
+use workflows::auth::{JwtKeys, parse_ttl};
+use workflows::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "workflows",
+    version,
+    about = "Multi-step AI agent workflows over GraphQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a signed token (needs JWT_SECRET).
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// Lifetime such as 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Print the GraphQL schema (SDL).
+    Schema,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+        )
+        .init();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Migrate => {
+            let (db, _) = workflows::db::connect(&cli.config.database_url, 2).await?;
+            workflows::db::migrate(&db).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            name,
+            email,
+            ttl,
+        } => {
+            let secret = cli
+                .config
+                .jwt_secret
+                .filter(|s| !s.is_empty())
+                .context("set JWT_SECRET to sign tokens")?;
+            println!(
+                "{}",
+                JwtKeys::new(secret.as_bytes()).issue(&sub, name.as_deref(), email.as_deref(), ttl)
+            );
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", workflows::graphql::sdl());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let url = format!("http://{}/graphql", app.addr);
+    if let Some(token) = &app.state.demo_token {
+        tracing::warn!(
+            "JWT_SECRET is not set: using a random secret; tokens last until this process exits"
+        );
+        println!("\nDemo token (user 'demo-user'):\n\n  Bearer {token}\n");
+    }
+    println!("GraphiQL: {url}");
+    tracing::info!(%url, "listening");
+    app.run_until(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+use sea_orm::entity::prelude::*;
+
+use crate::Tags;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "workflow_templates")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    #[sea_orm(column_name = "driveId")]
+    pub drive_id: String,
+    #[sea_orm(column_name = "createdBy")]
+    pub created_by: String,
+    pub category: Option<String>,
+    /// Written with `Tags::to_value` (the representation differs per backend).
+    pub tags: Tags,
+    #[sea_orm(column_name = "isPublic")]
+    pub is_public: bool,
+    #[sea_orm(column_name = "createdAt")]
+    pub created_at: DateTime,
+    #[sea_orm(column_name = "updatedAt")]
+    pub updated_at: DateTime,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::drive::Entity",
+        from = "Column::DriveId",
+        to = "super::drive::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Drive,
+    #[sea_orm(
+        belongs_to = "super::user::Entity",
+        from = "Column::CreatedBy",
+        to = "super::user::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Creator,
+    #[sea_orm(has_many = "super::workflow_step::Entity")]
+    Steps,
+    #[sea_orm(has_many = "super::workflow_execution::Entity")]
+    Executions,
+}
+
+impl Related<super::workflow_step::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Steps.def()
+    }
+}
+
+impl Related<super::drive::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Drive.def()
+    }
+}
+
+impl Related<super::user::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Creator.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}
