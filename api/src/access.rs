@@ -45,16 +45,17 @@ impl Access {
         }
     }
 
+    /// An owned copy, for streams that outlive the request.
+    pub fn snapshot(&self) -> Access {
+        Access::new(self.user_id.clone(), self.roles.read().expect("roles lock").clone())
+    }
+
     pub fn user_id(&self) -> &str {
         &self.user_id
     }
 
     pub fn role(&self, drive_id: &str) -> Option<DriveRole> {
-        self.roles
-            .read()
-            .expect("roles lock")
-            .get(drive_id)
-            .copied()
+        self.roles.read().expect("roles lock").get(drive_id).copied()
     }
 
     /// Records a change to the viewer's own membership made by this request.
@@ -68,12 +69,7 @@ impl Access {
 
     /// Ids of every drive the viewer belongs to.
     pub fn drive_ids(&self) -> Vec<String> {
-        self.roles
-            .read()
-            .expect("roles lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.roles.read().expect("roles lock").keys().cloned().collect()
     }
 
     /// Any member sees the drive.

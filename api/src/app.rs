@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{ErrorExtensions, ServerError};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -22,7 +25,9 @@ use crate::config::Config;
 use crate::db::{self, StatementCounter};
 use crate::domain::users;
 use crate::engine::agents::AgentRegistry;
+use crate::engine::runner::Engine;
 use crate::error::ApiError;
+use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
 
 pub const DEMO_USER_ID: &str = "demo-user";
@@ -34,6 +39,7 @@ pub struct AppState {
     pub keys: JwtKeys,
     pub schema: AppSchema,
     pub agents: Arc<AgentRegistry>,
+    pub engine: Arc<Engine>,
     /// Set when no `JWT_SECRET` was given: a token for the demo user,
     /// prefilled in GraphiQL.
     pub demo_token: Option<String>,
@@ -76,27 +82,33 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, loads agents and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let agents = Arc::new(AgentRegistry::load(config.agents_file.as_deref())?);
-        let (db, statements) =
-            db::connect(&config.database_url, config.database_max_connections).await?;
+        let agents = AgentRegistry::load(config.agents_file.as_deref())?;
+        Self::build_with_agents(config, agents).await
+    }
+
+    /// Like `build`, with the agents given (tests add their own).
+    pub async fn build_with_agents(config: Config, agents: AgentRegistry) -> anyhow::Result<Self> {
+        let agents = Arc::new(agents);
+        let (db, statements) = db::connect(&config.database_url, config.database_max_connections).await?;
         db::migrate(&db).await?;
         let (keys, demo_token) = match &config.jwt_secret {
             Some(secret) if !secret.is_empty() => (JwtKeys::new(secret.as_bytes()), None),
             _ => {
                 let secret: [u8; 32] = rand::random();
                 let keys = JwtKeys::new(&secret);
-                let token = keys.issue(
-                    DEMO_USER_ID,
-                    Some("Demo User"),
-                    None,
-                    Duration::from_secs(24 * 3600),
-                );
+                let token = keys.issue(DEMO_USER_ID, Some("Demo User"), None, Duration::from_secs(24 * 3600));
                 (keys, Some(token))
             }
         };
+        if demo_token.is_some() {
+            crate::demo::seed_if_empty(&db).await?;
+        }
+        let bus = EventBus::new(1024);
+        let engine = Engine::new(db.clone(), agents.clone(), bus);
         let schema = graphql::build_schema(Some(SchemaData {
             db: db.clone(),
             agents: agents.clone(),
+            engine: engine.clone(),
         }));
         let state = Arc::new(AppState {
             db,
@@ -104,21 +116,19 @@ impl Application {
             keys,
             schema,
             agents,
+            engine,
             demo_token,
             known_users: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
-        Ok(Self {
-            addr,
-            state,
-            listener,
-        })
+        Ok(Self { addr, state, listener })
     }
 
     pub fn router(state: Arc<AppState>) -> Router {
         Router::new()
             .route("/graphql", get(graphiql).post(graphql_post))
+            .route("/graphql/ws", get(graphql_ws))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .with_state(state)
@@ -130,9 +140,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = Self::router(self.state.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
     }
 }
 
@@ -151,9 +159,7 @@ async fn graphiql(State(state): State<Arc<AppState>>) -> Html<String> {
         .subscription_endpoint("/graphql/ws")
         .title("Workflows");
     if let Some(b) = &bearer {
-        page = page
-            .header("Authorization", b)
-            .ws_connection_param("Authorization", b);
+        page = page.header("Authorization", b).ws_connection_param("Authorization", b);
     }
     Html(page.finish())
 }
@@ -170,22 +176,14 @@ pub fn error_response(status: StatusCode, message: &str, code: &'static str) -> 
     let body = async_graphql::Response::from_errors(vec![err]);
     let mut resp = (status, Json(body)).into_response();
     if code == "UNAUTHENTICATED" {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
     resp
 }
 
-async fn graphql_post(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let viewer = match state.keys.verify_header(auth) {
         Ok(v) => v,
         Err(e) => return error_response(StatusCode::UNAUTHORIZED, &e.message(), "UNAUTHENTICATED"),
@@ -213,4 +211,49 @@ async fn graphql_post(
     };
     let response = state.schema.execute(request.data(ctx)).await;
     Json(response).into_response()
+}
+
+/// Reads the token from a `connection_init` payload:
+/// `{"Authorization": "Bearer …"}`, `authorization`, or `token` (bare JWT).
+fn token_from_init(payload: &serde_json::Value) -> Option<String> {
+    let header = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(|v| v.as_str());
+    if let Some(h) = header {
+        return Some(h.to_owned());
+    }
+    payload
+        .get("token")
+        .and_then(|v| v.as_str())
+        .map(|t| format!("Bearer {t}"))
+}
+
+/// Subscriptions over WebSocket, both `graphql-transport-ws` and the legacy
+/// `graphql-ws`; the viewer is authenticated from `connection_init`, and a
+/// connection without a valid token is refused.
+async fn graphql_ws(
+    State(state): State<Arc<AppState>>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        let schema = state.schema.clone();
+        GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move {
+                let header = token_from_init(&payload);
+                let viewer = state
+                    .keys
+                    .verify_header(header.as_deref())
+                    .map_err(|e| async_graphql::Error::new(e.message()))?;
+                let ctx = state
+                    .request_ctx(viewer)
+                    .await
+                    .map_err(|e| async_graphql::Error::new(e.message()))?;
+                let mut data = async_graphql::Data::default();
+                data.insert(ctx);
+                Ok(data)
+            })
+            .serve()
+    })
 }

@@ -47,13 +47,7 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(
-        &self,
-        sub: &str,
-        name: Option<&str>,
-        email: Option<&str>,
-        ttl: Duration,
-    ) -> String {
+    pub fn issue(&self, sub: &str, name: Option<&str>, email: Option<&str>, ttl: Duration) -> String {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let claims = Claims {
             sub: sub.to_owned(),
@@ -62,8 +56,7 @@ impl JwtKeys {
             email: email.map(str::to_owned),
             iat: Some(now),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing cannot fail")
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing cannot fail")
     }
 
     /// Checks signature, algorithm and expiry and returns who the token names.
@@ -103,9 +96,7 @@ impl JwtKeys {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "Unauthenticated: the Authorization header must be 'Bearer <token>'".into(),
-                )
+                ApiError::Unauthenticated("Unauthenticated: the Authorization header must be 'Bearer <token>'".into())
             })?;
         self.verify(token.trim())
     }

@@ -20,10 +20,7 @@ impl StatementCounter {
     }
 }
 
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-) -> Result<(DatabaseConnection, Arc<StatementCounter>), DbErr> {
+pub async fn connect(url: &str, max_connections: u32) -> Result<(DatabaseConnection, Arc<StatementCounter>), DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(max_connections)
         .min_connections(1)

@@ -52,10 +52,7 @@ impl ApiError {
     /// The message a client sees (internal causes are not shown).
     pub fn message(&self) -> String {
         match self {
-            Self::Unauthenticated(m)
-            | Self::Forbidden(m)
-            | Self::NotFound(m)
-            | Self::Conflict(m) => m.clone(),
+            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::NotFound(m) | Self::Conflict(m) => m.clone(),
             Self::BadUserInput { message, .. } => message.clone(),
             Self::Database(_) | Self::Internal(_) => "internal server error".into(),
         }
@@ -76,10 +73,7 @@ impl ApiError {
 /// A unique-constraint violation means the client raced itself or asked for a
 /// duplicate; everything else from the database is ours to fix.
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
 impl From<ApiError> for async_graphql::Error {
@@ -98,10 +92,7 @@ impl From<ApiError> for async_graphql::Error {
         let code = err.code();
         async_graphql::Error::new(message).extend_with(|_, ext| {
             ext.set("code", code);
-            if let ApiError::BadUserInput {
-                validation_errors, ..
-            } = &err
-            {
+            if let ApiError::BadUserInput { validation_errors, .. } = &err {
                 if !validation_errors.is_empty() {
                     let list: Vec<async_graphql::Value> = validation_errors
                         .iter()

@@ -9,11 +9,7 @@ use workflows::auth::{JwtKeys, parse_ttl};
 use workflows::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "workflows",
-    version,
-    about = "Multi-step AI agent workflows over GraphQL"
-)]
+#[command(name = "workflows", version, about = "Multi-step AI agent workflows over GraphQL")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -60,12 +56,7 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Token {
-            sub,
-            name,
-            email,
-            ttl,
-        } => {
+        Command::Token { sub, name, email, ttl } => {
             let secret = cli
                 .config
                 .jwt_secret
@@ -88,9 +79,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let url = format!("http://{}/graphql", app.addr);
     if let Some(token) = &app.state.demo_token {
-        tracing::warn!(
-            "JWT_SECRET is not set: using a random secret; tokens last until this process exits"
-        );
+        tracing::warn!("JWT_SECRET is not set: using a random secret; tokens last until this process exits");
         println!("\nDemo token (user 'demo-user'):\n\n  Bearer {token}\n");
     }
     println!("GraphiQL: {url}");

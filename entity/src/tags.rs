@@ -17,15 +17,10 @@ impl Tags {
             DbBackend::Postgres => Value::Array(
                 ArrayType::String,
                 Some(Box::new(
-                    self.0
-                        .iter()
-                        .map(|t| Value::String(Some(t.clone())))
-                        .collect(),
+                    self.0.iter().map(|t| Value::String(Some(t.clone()))).collect(),
                 )),
             ),
-            _ => Value::String(Some(
-                serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into()),
-            )),
+            _ => Value::String(Some(serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into()))),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Model {
     pub failed_at: Option<DateTime>,
     #[sea_orm(column_name = "errorMessage", column_type = "Text", nullable)]
     pub error_message: Option<String>,
+    /// Number of the last event published for this execution.
+    pub sequence: i64,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

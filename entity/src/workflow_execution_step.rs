@@ -26,6 +26,9 @@ pub struct Model {
     pub completed_at: Option<DateTime>,
     #[sea_orm(column_name = "errorMessage", column_type = "Text", nullable)]
     pub error_message: Option<String>,
+    /// The template step as it was when the run started.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub definition: Option<Json>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

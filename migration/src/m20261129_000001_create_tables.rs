@@ -251,10 +251,8 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         db.execute_unprepared(DOWN).await?;
         if db.get_database_backend() == DbBackend::Postgres {
-            db.execute_unprepared(
-                r#"DROP TYPE "WorkflowExecutionStepStatus"; DROP TYPE "WorkflowExecutionStatus";"#,
-            )
-            .await?;
+            db.execute_unprepared(r#"DROP TYPE "WorkflowExecutionStepStatus"; DROP TYPE "WorkflowExecutionStatus";"#)
+                .await?;
         }
         Ok(())
     }

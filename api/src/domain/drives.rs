@@ -5,18 +5,14 @@ use std::collections::HashMap;
 use entity::{DriveRole, drive, drive_member};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
 };
 
 use super::{new_id, now};
 
 /// Creates a drive owned by `owner_id`, who becomes its OWNER member.
-pub async fn create(
-    db: &DatabaseConnection,
-    owner_id: &str,
-    name: &str,
-) -> Result<drive::Model, DbErr> {
+pub async fn create(db: &DatabaseConnection, owner_id: &str, name: &str) -> Result<drive::Model, DbErr> {
     let txn = db.begin().await?;
     let at = now();
     let row = drive::Model {
@@ -45,10 +41,7 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<drive::M
     drive::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-pub async fn find_many(
-    db: &impl ConnectionTrait,
-    ids: &[String],
-) -> Result<Vec<drive::Model>, DbErr> {
+pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<drive::Model>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -128,11 +121,7 @@ pub async fn set_member(
 }
 
 /// Removes a member; true when a row was deleted.
-pub async fn remove_member(
-    db: &impl ConnectionTrait,
-    drive_id: &str,
-    user_id: &str,
-) -> Result<bool, DbErr> {
+pub async fn remove_member(db: &impl ConnectionTrait, drive_id: &str, user_id: &str) -> Result<bool, DbErr> {
     let res = drive_member::Entity::delete_many()
         .filter(drive_member::Column::DriveId.eq(drive_id))
         .filter(drive_member::Column::UserId.eq(user_id))

@@ -1,11 +1,8 @@
 //! Reading workflow executions and their step records.
 
-use entity::{
-    ExecutionStatus, workflow_execution as execution, workflow_execution_step as exec_step,
-};
+use entity::{ExecutionStatus, workflow_execution as execution, workflow_execution_step as exec_step};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::pagination::{Cursor, Page};
@@ -76,13 +73,11 @@ pub async fn list(
     let mut q = execution::Entity::find().filter(cond);
     if let Some(c) = after {
         q = q.filter(
-            Condition::any()
-                .add(execution::Column::CreatedAt.lt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(execution::Column::CreatedAt.eq(c.created_at))
-                        .add(execution::Column::Id.lt(c.id.clone())),
-                ),
+            Condition::any().add(execution::Column::CreatedAt.lt(c.created_at)).add(
+                Condition::all()
+                    .add(execution::Column::CreatedAt.eq(c.created_at))
+                    .add(execution::Column::Id.lt(c.id.clone())),
+            ),
         );
     }
     let mut rows = q
@@ -105,10 +100,7 @@ pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, Db
 }
 
 /// The step records of many executions, each execution's in `stepOrder`.
-pub async fn steps_of(
-    db: &impl ConnectionTrait,
-    execution_ids: &[String],
-) -> Result<Vec<exec_step::Model>, DbErr> {
+pub async fn steps_of(db: &impl ConnectionTrait, execution_ids: &[String]) -> Result<Vec<exec_step::Model>, DbErr> {
     if execution_ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -30,9 +30,7 @@ pub fn now() -> NaiveDateTime {
         let next = wall.max(last + 1);
         match LAST_MICROS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => {
-                return DateTime::from_timestamp_micros(next)
-                    .unwrap_or_default()
-                    .naive_utc();
+                return DateTime::from_timestamp_micros(next).unwrap_or_default().naive_utc();
             }
             Err(seen) => last = seen,
         }

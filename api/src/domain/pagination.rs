@@ -18,11 +18,7 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(created_at: NaiveDateTime, id: &str) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "{}:{}",
-            created_at.and_utc().timestamp_micros(),
-            id
-        ))
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", created_at.and_utc().timestamp_micros(), id))
     }
 
     pub fn decode(s: &str) -> Result<Self, ApiError> {
@@ -31,9 +27,7 @@ impl Cursor {
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
-        let created_at = DateTime::from_timestamp_micros(micros)
-            .ok_or_else(bad)?
-            .naive_utc();
+        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?.naive_utc();
         Ok(Self {
             created_at,
             id: id.to_owned(),
@@ -46,9 +40,7 @@ pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
     match first {
         None => Ok(DEFAULT_PAGE),
         Some(n) if n < 0 => Err(ApiError::bad_input("first: must not be negative")),
-        Some(n) if n as u64 > MAX_PAGE => Err(ApiError::bad_input(format!(
-            "first: may not exceed {MAX_PAGE}"
-        ))),
+        Some(n) if n as u64 > MAX_PAGE => Err(ApiError::bad_input(format!("first: may not exceed {MAX_PAGE}"))),
         Some(n) => Ok(n as u64),
     }
 }

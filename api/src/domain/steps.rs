@@ -6,8 +6,8 @@ use chrono::NaiveDateTime;
 use entity::workflow_step as step;
 use sea_orm::sea_query::{CaseStatement, Expr, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -62,25 +62,20 @@ pub(super) async fn insert_all(
     if steps.is_empty() {
         return Ok(());
     }
-    let rows = steps
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| step::ActiveModel {
-            id: Set(new_id()),
-            workflow_template_id: Set(template_id.to_owned()),
-            step_order: Set(i as i32),
-            agent_id: Set(s.agent_id),
-            prompt_template: Set(s.prompt_template),
-            requires_user_input: Set(s.requires_user_input),
-            input_schema: Set(s.input_schema),
-            metadata: Set(s.metadata),
-            condition: Set(s.condition),
-            created_at: Set(at),
-            updated_at: Set(at),
-        });
-    step::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
+    let rows = steps.into_iter().enumerate().map(|(i, s)| step::ActiveModel {
+        id: Set(new_id()),
+        workflow_template_id: Set(template_id.to_owned()),
+        step_order: Set(i as i32),
+        agent_id: Set(s.agent_id),
+        prompt_template: Set(s.prompt_template),
+        requires_user_input: Set(s.requires_user_input),
+        input_schema: Set(s.input_schema),
+        metadata: Set(s.metadata),
+        condition: Set(s.condition),
+        created_at: Set(at),
+        updated_at: Set(at),
+    });
+    step::Entity::insert_many(rows).exec_without_returning(db).await?;
     Ok(())
 }
 
@@ -88,10 +83,7 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<step::Mo
     step::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-pub async fn find_many(
-    db: &impl ConnectionTrait,
-    ids: &[String],
-) -> Result<Vec<step::Model>, DbErr> {
+pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<step::Model>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -102,10 +94,7 @@ pub async fn find_many(
 }
 
 /// The steps of many templates, each template's in `stepOrder`.
-pub async fn of_templates(
-    db: &impl ConnectionTrait,
-    template_ids: &[String],
-) -> Result<Vec<step::Model>, DbErr> {
+pub async fn of_templates(db: &impl ConnectionTrait, template_ids: &[String]) -> Result<Vec<step::Model>, DbErr> {
     if template_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -118,10 +107,7 @@ pub async fn of_templates(
 }
 
 /// Starts a transaction holding the template's lock and reads its steps.
-async fn begin(
-    db: &DatabaseConnection,
-    template_id: &str,
-) -> ApiResult<(DatabaseTransaction, Vec<step::Model>)> {
+async fn begin(db: &DatabaseConnection, template_id: &str) -> ApiResult<(DatabaseTransaction, Vec<step::Model>)> {
     let txn = db.begin().await?;
     if !templates::lock_for_step_change(&txn, template_id).await? {
         return Err(ApiError::not_found("workflow template", template_id));
@@ -131,11 +117,7 @@ async fn begin(
 }
 
 /// Writes `stepOrder` = position for every step whose order changed, in one statement.
-async fn renumber(
-    txn: &DatabaseTransaction,
-    ordered: &[step::Model],
-    at: NaiveDateTime,
-) -> Result<(), DbErr> {
+async fn renumber(txn: &DatabaseTransaction, ordered: &[step::Model], at: NaiveDateTime) -> Result<(), DbErr> {
     let changed: Vec<(&str, i32)> = ordered
         .iter()
         .enumerate()
@@ -199,11 +181,7 @@ pub async fn add(
     Ok(row)
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
-    current: &step::Model,
-    changes: StepChanges,
-) -> ApiResult<step::Model> {
+pub async fn update(db: &DatabaseConnection, current: &step::Model, changes: StepChanges) -> ApiResult<step::Model> {
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let Some(mut next) = steps.iter().find(|s| s.id == current.id).cloned() else {
         return Err(ApiError::not_found("workflow step", &current.id));
@@ -257,9 +235,7 @@ pub async fn delete(db: &DatabaseConnection, current: &step::Model) -> ApiResult
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let remaining: Vec<step::Model> = steps.into_iter().filter(|s| s.id != current.id).collect();
     check_references(remaining.iter().map(|s| s.prompt_template.as_str()))?;
-    step::Entity::delete_by_id(current.id.clone())
-        .exec(&txn)
-        .await?;
+    step::Entity::delete_by_id(current.id.clone()).exec(&txn).await?;
     renumber(&txn, &remaining, now()).await?;
     txn.commit().await?;
     Ok(())

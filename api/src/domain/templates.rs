@@ -4,8 +4,8 @@
 use entity::{Tags, workflow_template as template};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::pagination::{Cursor, Page};
@@ -129,19 +129,14 @@ pub async fn update(
     stmt.value(template::Column::UpdatedAt, next.updated_at);
     let res = db.execute(&stmt).await?;
     if res.rows_affected() == 0 {
-        return Err(DbErr::RecordNotFound(format!(
-            "workflow template {}",
-            current.id
-        )));
+        return Err(DbErr::RecordNotFound(format!("workflow template {}", current.id)));
     }
     Ok(next)
 }
 
 /// Deletes the template; its steps and executions go with it (FK CASCADE).
 pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool, DbErr> {
-    let res = template::Entity::delete_by_id(id.to_owned())
-        .exec(db)
-        .await?;
+    let res = template::Entity::delete_by_id(id.to_owned()).exec(db).await?;
     Ok(res.rows_affected > 0)
 }
 
@@ -149,10 +144,7 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<template
     template::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-pub async fn find_many(
-    db: &impl ConnectionTrait,
-    ids: &[String],
-) -> Result<Vec<template::Model>, DbErr> {
+pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<template::Model>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -243,13 +235,11 @@ pub async fn list(
     let mut q = template::Entity::find().filter(cond);
     if let Some(c) = after {
         q = q.filter(
-            Condition::any()
-                .add(template::Column::CreatedAt.lt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(template::Column::CreatedAt.eq(c.created_at))
-                        .add(template::Column::Id.lt(c.id.clone())),
-                ),
+            Condition::any().add(template::Column::CreatedAt.lt(c.created_at)).add(
+                Condition::all()
+                    .add(template::Column::CreatedAt.eq(c.created_at))
+                    .add(template::Column::Id.lt(c.id.clone())),
+            ),
         );
     }
     let mut rows = q

@@ -21,9 +21,7 @@ pub async fn upsert(db: &impl ConnectionTrait, viewer: &Viewer) -> Result<(), Db
     let on_conflict = if update.is_empty() {
         OnConflict::column(user::Column::Id).do_nothing().to_owned()
     } else {
-        OnConflict::column(user::Column::Id)
-            .update_columns(update)
-            .to_owned()
+        OnConflict::column(user::Column::Id).update_columns(update).to_owned()
     };
     let row = user::ActiveModel {
         id: Set(viewer.id.clone()),
@@ -38,10 +36,7 @@ pub async fn upsert(db: &impl ConnectionTrait, viewer: &Viewer) -> Result<(), Db
 }
 
 /// The viewer's role in every drive they belong to.
-pub async fn memberships(
-    db: &impl ConnectionTrait,
-    user_id: &str,
-) -> Result<HashMap<String, DriveRole>, DbErr> {
+pub async fn memberships(db: &impl ConnectionTrait, user_id: &str) -> Result<HashMap<String, DriveRole>, DbErr> {
     let rows: Vec<(String, DriveRole)> = drive_member::Entity::find()
         .select_only()
         .column(drive_member::Column::DriveId)
@@ -57,10 +52,7 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<user::Mo
     user::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-pub async fn find_many(
-    db: &impl ConnectionTrait,
-    ids: &[String],
-) -> Result<Vec<user::Model>, DbErr> {
+pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<user::Model>, DbErr> {
     user::Entity::find()
         .filter(user::Column::Id.is_in(ids.iter().cloned()))
         .all(db)

@@ -27,11 +27,7 @@ pub fn template_name(field: &str, raw: &str) -> ApiResult<String> {
 }
 
 /// Optional free text: trimmed; empty becomes absent.
-pub fn optional_text(
-    field: &str,
-    raw: Option<String>,
-    max_chars: usize,
-) -> ApiResult<Option<String>> {
+pub fn optional_text(field: &str, raw: Option<String>, max_chars: usize) -> ApiResult<Option<String>> {
     match raw.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) {
         Some(s) if s.chars().count() > max_chars => Err(ApiError::bad_input(format!(
             "{field}: must be at most {max_chars} characters"
@@ -43,17 +39,13 @@ pub fn optional_text(
 /// Tags: trimmed, non-empty, without duplicates (first occurrence kept).
 pub fn tags(field: &str, raw: Vec<String>) -> ApiResult<Vec<String>> {
     if raw.len() > MAX_TAGS {
-        return Err(ApiError::bad_input(format!(
-            "{field}: at most {MAX_TAGS} tags"
-        )));
+        return Err(ApiError::bad_input(format!("{field}: at most {MAX_TAGS} tags")));
     }
     let mut out: Vec<String> = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
         let t = t.trim().to_owned();
         if t.is_empty() {
-            return Err(ApiError::bad_input(format!(
-                "{field}[{i}]: a tag must not be empty"
-            )));
+            return Err(ApiError::bad_input(format!("{field}[{i}]: a tag must not be empty")));
         }
         if t.chars().count() > MAX_TAG_CHARS {
             return Err(ApiError::bad_input(format!(
@@ -87,9 +79,7 @@ pub fn prompt_template(field: &str, template: &str) -> ApiResult<()> {
 /// `inputSchema` must be a JSON Schema that compiles.
 pub fn input_schema(field: &str, schema: &Value) -> ApiResult<()> {
     if !schema.is_object() && !schema.is_boolean() {
-        return Err(ApiError::bad_input(format!(
-            "{field}: must be a JSON Schema object"
-        )));
+        return Err(ApiError::bad_input(format!("{field}: must be a JSON Schema object")));
     }
     jsonschema::validator_for(schema)
         .map(|_| ())
@@ -98,17 +88,13 @@ pub fn input_schema(field: &str, schema: &Value) -> ApiResult<()> {
 
 /// `condition` must parse as JSON Logic.
 pub fn condition(field: &str, rule: &Value) -> ApiResult<()> {
-    condition::check(rule).map_err(|e| {
-        ApiError::bad_input(format!("{field}: not a valid JSON Logic expression: {e}"))
-    })
+    condition::check(rule).map_err(|e| ApiError::bad_input(format!("{field}: not a valid JSON Logic expression: {e}")))
 }
 
 /// `metadata` is free-form JSON, but the keys the runner reads must make sense.
 pub fn metadata(field: &str, meta: &Value) -> ApiResult<()> {
     let Some(map) = meta.as_object() else {
-        return Err(ApiError::bad_input(format!(
-            "{field}: must be a JSON object"
-        )));
+        return Err(ApiError::bad_input(format!("{field}: must be a JSON object")));
     };
     if let Some(t) = map.get("timeoutMs") {
         if !t.as_u64().is_some_and(|n| n > 0) {
@@ -150,10 +136,7 @@ pub struct OrderedPrompt<'a> {
 /// No prompt may name `step_K_output` of a step that does not run before it
 /// (nor `step_K_input` of a later step). Checked over the whole template
 /// after every change, so a reorder or delete cannot break a prompt.
-pub fn step_references(
-    steps: &[OrderedPrompt<'_>],
-    field_of: impl Fn(i32) -> String,
-) -> ApiResult<()> {
+pub fn step_references(steps: &[OrderedPrompt<'_>], field_of: impl Fn(i32) -> String) -> ApiResult<()> {
     for s in steps {
         for p in prompt::placeholders(s.prompt) {
             if let Some((kind, k)) = prompt::step_reference(p.path) {

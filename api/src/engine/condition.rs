@@ -12,8 +12,7 @@ pub fn check(rule: &Value) -> Result<(), String> {
 
 /// Evaluates `rule` over `context` with JSON Logic truthiness.
 pub fn evaluate(rule: &Value, context: &Value) -> Result<bool, String> {
-    let out = datalogic_rs::eval_str(&rule.to_string(), &context.to_string())
-        .map_err(|e| e.to_string())?;
+    let out = datalogic_rs::eval_str(&rule.to_string(), &context.to_string()).map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
     Ok(truthy(&v))
 }

@@ -2,4 +2,6 @@
 
 pub mod agents;
 pub mod condition;
+pub mod definition;
 pub mod prompt;
+pub mod runner;

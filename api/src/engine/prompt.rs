@@ -19,12 +19,8 @@ pub struct Placeholder<'a> {
 
 fn is_path(s: &str) -> bool {
     !s.is_empty()
-        && s.split('.').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
+        && s.split('.')
+            .all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
 /// Every placeholder in `template`, in order.
@@ -130,11 +126,7 @@ pub struct MissingVariable(pub String);
 
 /// Fills every placeholder. `input` (the step's user input), when given, is
 /// what `{{input…}}` reads; otherwise `input` is looked up in the context.
-pub fn render(
-    template: &str,
-    context: &Value,
-    input: Option<&Value>,
-) -> Result<String, MissingVariable> {
+pub fn render(template: &str, context: &Value, input: Option<&Value>) -> Result<String, MissingVariable> {
     let mut out = String::with_capacity(template.len());
     let mut last = 0;
     for p in placeholders(template) {
@@ -197,18 +189,12 @@ mod tests {
             render("fn() { {x} } {{ {{x}} }} {{", &ctx, None).unwrap(),
             "fn() { {x} } {{ X }} {{"
         );
-        assert_eq!(
-            render("{{a b}} {{}} }}", &ctx, None).unwrap(),
-            "{{a b}} {{}} }}"
-        );
+        assert_eq!(render("{{a b}} {{}} }}", &ctx, None).unwrap(), "{{a b}} {{}} }}");
     }
 
     #[test]
     fn finds_step_references() {
-        assert_eq!(
-            step_reference("step_12_output.text"),
-            Some((StepRef::Output, 12))
-        );
+        assert_eq!(step_reference("step_12_output.text"), Some((StepRef::Output, 12)));
         assert_eq!(step_reference("step_1_input"), Some((StepRef::Input, 1)));
         assert_eq!(step_reference("step_x_output"), None);
         assert_eq!(step_reference("code"), None);

@@ -43,8 +43,8 @@ pub struct CreateWorkflowTemplateInput {
     pub description: Option<String>,
     pub category: Option<String>,
     pub tags: Option<Vec<String>>,
-    #[graphql(default = false)]
-    pub is_public: bool,
+    #[graphql(default_with = "Some(false)")]
+    pub is_public: Option<bool>,
     pub steps: Option<Vec<WorkflowStepInput>>,
 }
 
@@ -61,8 +61,8 @@ pub struct UpdateWorkflowTemplateInput {
 pub struct WorkflowStepInput {
     pub agent_id: String,
     pub prompt_template: String,
-    #[graphql(default = false)]
-    pub requires_user_input: bool,
+    #[graphql(default_with = "Some(false)")]
+    pub requires_user_input: Option<bool>,
     pub input_schema: Option<Json<Value>>,
     pub metadata: Option<Json<Value>>,
     pub condition: Option<Json<Value>>,
@@ -112,7 +112,7 @@ impl WorkflowStepInput {
         Ok(NewStep {
             agent_id: self.agent_id,
             prompt_template: self.prompt_template,
-            requires_user_input: self.requires_user_input,
+            requires_user_input: self.requires_user_input.unwrap_or(false),
             input_schema,
             metadata,
             condition,

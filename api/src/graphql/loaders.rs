@@ -24,10 +24,7 @@ macro_rules! by_id_loader {
             type Value = $model;
             type Error = LoadError;
 
-            async fn load(
-                &self,
-                keys: &[String],
-            ) -> Result<HashMap<String, Self::Value>, Self::Error> {
+            async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
                 let rows = $find(&self.0, keys).await.map_err(Arc::new)?;
                 Ok(rows.into_iter().map(|r| (r.id.clone(), r)).collect())
             }
@@ -37,11 +34,7 @@ macro_rules! by_id_loader {
 
 by_id_loader!(UserLoader, user::Model, domain::users::find_many);
 by_id_loader!(DriveLoader, drive::Model, domain::drives::find_many);
-by_id_loader!(
-    TemplateLoader,
-    template::Model,
-    domain::templates::find_many
-);
+by_id_loader!(TemplateLoader, template::Model, domain::templates::find_many);
 by_id_loader!(StepLoader, step::Model, domain::steps::find_many);
 
 /// A template's steps, in `stepOrder`.
@@ -52,15 +45,10 @@ impl Loader<String> for StepsOfTemplate {
     type Error = LoadError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = domain::steps::of_templates(&self.0, keys)
-            .await
-            .map_err(Arc::new)?;
-        let mut map: HashMap<String, Vec<step::Model>> =
-            keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        let rows = domain::steps::of_templates(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Vec<step::Model>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
         for r in rows {
-            map.entry(r.workflow_template_id.clone())
-                .or_default()
-                .push(r);
+            map.entry(r.workflow_template_id.clone()).or_default().push(r);
         }
         Ok(map)
     }
@@ -74,15 +62,10 @@ impl Loader<String> for StepsOfExecution {
     type Error = LoadError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = domain::executions::steps_of(&self.0, keys)
-            .await
-            .map_err(Arc::new)?;
-        let mut map: HashMap<String, Vec<exec_step::Model>> =
-            keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        let rows = domain::executions::steps_of(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Vec<exec_step::Model>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
         for r in rows {
-            map.entry(r.workflow_execution_id.clone())
-                .or_default()
-                .push(r);
+            map.entry(r.workflow_execution_id.clone()).or_default().push(r);
         }
         Ok(map)
     }
@@ -96,9 +79,7 @@ impl Loader<String> for MembersOfDrive {
     type Error = LoadError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let mut map = domain::drives::members_of(&self.0, keys)
-            .await
-            .map_err(Arc::new)?;
+        let mut map = domain::drives::members_of(&self.0, keys).await.map_err(Arc::new)?;
         for k in keys {
             map.entry(k.clone()).or_default();
         }

@@ -5,31 +5,29 @@ pub mod inputs;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
-};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{
-    EmptySubscription, ErrorExtensions, Schema, ServerError, ServerResult, ValidationResult,
-    Variables,
-};
+use async_graphql::{ErrorExtensions, Schema, ServerError, ServerResult, ValidationResult, Variables};
 use sea_orm::DatabaseConnection;
 
 use crate::access::Access;
 use crate::auth::Viewer;
 use crate::engine::agents::AgentRegistry;
+use crate::engine::runner::Engine;
 use loaders::Loaders;
 
-pub type AppSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+pub type AppSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Shared by every request: put into the schema once.
 pub struct SchemaData {
     pub db: DatabaseConnection,
     pub agents: Arc<AgentRegistry>,
+    pub engine: Arc<Engine>,
 }
 
 /// One request's viewer, permissions and loaders.
@@ -52,8 +50,7 @@ impl RequestCtx {
 }
 
 pub fn build_schema(data: Option<SchemaData>) -> AppSchema {
-    let mut builder =
-        Schema::build(query::Query, mutation::Mutation, EmptySubscription).extension(ErrorCodes);
+    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription).extension(ErrorCodes);
     if let Some(data) = data {
         builder = builder.data(data);
     }
@@ -79,13 +76,9 @@ struct ErrorCodesExt;
 
 fn with_code(err: ServerError, code: &'static str) -> ServerError {
     let mut err = err;
-    let has_code = err
-        .extensions
-        .as_ref()
-        .is_some_and(|e| e.get("code").is_some());
+    let has_code = err.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
     if !has_code {
-        let e = async_graphql::Error::new(err.message.clone())
-            .extend_with(|_, ext| ext.set("code", code));
+        let e = async_graphql::Error::new(err.message.clone()).extend_with(|_, ext| ext.set("code", code));
         err.extensions = e.extensions;
     }
     err

@@ -23,6 +23,10 @@ fn agents<'a>(ctx: &'a Context<'_>) -> &'a crate::engine::agents::AgentRegistry 
     &ctx.data_unchecked::<SchemaData>().agents
 }
 
+fn engine<'a>(ctx: &'a Context<'_>) -> &'a std::sync::Arc<crate::engine::runner::Engine> {
+    &ctx.data_unchecked::<SchemaData>().engine
+}
+
 /// The template, if it exists and the viewer may see it.
 async fn visible_template(r: &RequestCtx, id: &str) -> ApiResult<entity::workflow_template::Model> {
     templates::find(&r.db, id)
@@ -35,10 +39,7 @@ async fn visible_template(r: &RequestCtx, id: &str) -> ApiResult<entity::workflo
 async fn visible_step(
     r: &RequestCtx,
     id: &str,
-) -> ApiResult<(
-    entity::workflow_step::Model,
-    entity::workflow_template::Model,
-)> {
+) -> ApiResult<(entity::workflow_step::Model, entity::workflow_template::Model)> {
     let step = steps::find(&r.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("workflow step", id))?;
@@ -79,11 +80,7 @@ impl Mutation {
             )
             .into());
         }
-        if users::find(&r.db, &user_id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
+        if users::find(&r.db, &user_id).await.map_err(ApiError::from)?.is_none() {
             return Err(ApiError::not_found("user", &user_id).into());
         }
         if let Some(existing) = drives::member(&r.db, &drive_id, &user_id)
@@ -104,12 +101,7 @@ impl Mutation {
     }
 
     /// Removes a member; false when the user was not a member. The OWNER cannot be removed.
-    async fn remove_drive_member(
-        &self,
-        ctx: &Context<'_>,
-        drive_id: ID,
-        user_id: ID,
-    ) -> Result<bool> {
+    async fn remove_drive_member(&self, ctx: &Context<'_>, drive_id: ID, user_id: ID) -> Result<bool> {
         let r = rctx(ctx);
         r.access.check_manage_members(&drive_id)?;
         match drives::member(&r.db, &drive_id, &user_id)
@@ -158,7 +150,7 @@ impl Mutation {
                 description,
                 category,
                 tags,
-                is_public: input.is_public,
+                is_public: input.is_public.unwrap_or(false),
                 steps: new_steps,
             },
         )
@@ -198,10 +190,7 @@ impl Mutation {
         let r = rctx(ctx);
         let current = visible_template(r, &id).await?;
         r.access.check_change_template(&current)?;
-        if !templates::delete(&r.db, &id)
-            .await
-            .map_err(ApiError::from)?
-        {
+        if !templates::delete(&r.db, &id).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("workflow template", &id).into());
         }
         Ok(id)
@@ -264,6 +253,51 @@ impl Mutation {
             .unwrap_or(template);
         Ok(WorkflowTemplate(row))
     }
+
+    /// Starts a run of the template; it goes on in the background.
+    async fn start_workflow_execution(
+        &self,
+        ctx: &Context<'_>,
+        template_id: ID,
+        context: Option<async_graphql::Json<serde_json::Value>>,
+    ) -> Result<WorkflowExecution> {
+        let r = rctx(ctx);
+        let template = visible_template(r, &template_id).await?;
+        r.access.check_start_execution(&template)?;
+        let context = context_object(context)?;
+        let row = engine(ctx).start(&template, &r.viewer.id, context).await?;
+        Ok(WorkflowExecution::new(row))
+    }
+
+    /// Gives a PAUSED execution the input its current step waits for.
+    async fn submit_workflow_user_input(
+        &self,
+        ctx: &Context<'_>,
+        execution_id: ID,
+        input: async_graphql::Json<serde_json::Value>,
+    ) -> Result<WorkflowExecution> {
+        let r = rctx(ctx);
+        let exec = visible_execution(r, &execution_id).await?;
+        let row = engine(ctx).submit_input(&exec.id, input.0).await?;
+        Ok(WorkflowExecution::new(row))
+    }
+
+    /// Stops a RUNNING or PAUSED execution.
+    async fn cancel_workflow_execution(&self, ctx: &Context<'_>, execution_id: ID) -> Result<WorkflowExecution> {
+        let r = rctx(ctx);
+        let exec = visible_execution(r, &execution_id).await?;
+        let row = engine(ctx).cancel(&exec.id).await?;
+        Ok(WorkflowExecution::new(row))
+    }
+}
+
+/// The execution, if it exists and the viewer may act on it.
+async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workflow_execution::Model> {
+    let exec = crate::domain::executions::find(&r.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
+    r.access.check_act_on_execution(&exec)?;
+    Ok(exec)
 }
 
 /// `None` leaves a text field alone; null or blank clears it.

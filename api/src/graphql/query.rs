@@ -22,9 +22,7 @@ impl Query {
     /// The authenticated user.
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
         let r = rctx(ctx);
-        let row = users::find(&r.db, &r.viewer.id)
-            .await
-            .map_err(ApiError::from)?;
+        let row = users::find(&r.db, &r.viewer.id).await.map_err(ApiError::from)?;
         row.map(User)
             .ok_or_else(|| ApiError::Internal("the viewer's user row is missing".into()).into())
     }
@@ -82,25 +80,16 @@ impl Query {
             })
             .unwrap_or_default();
         let scope = r.access.template_scope(&drive_id);
-        let Some(cond) =
-            templates::list_condition(r.db.get_database_backend(), &drive_id, &scope, &filter)
-        else {
+        let Some(cond) = templates::list_condition(r.db.get_database_backend(), &drive_id, &scope, &filter) else {
             return Ok(empty_templates());
         };
         let page = templates::list(&r.db, cond.clone(), first, after.as_ref())
             .await
             .map_err(ApiError::from)?;
         for row in &page.rows {
-            r.loaders
-                .templates
-                .feed_one(row.id.clone(), row.clone())
-                .await;
+            r.loaders.templates.feed_one(row.id.clone(), row.clone()).await;
         }
-        let cursors: Vec<String> = page
-            .rows
-            .iter()
-            .map(|t| Cursor::encode(t.created_at, &t.id))
-            .collect();
+        let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
             page_info: PageInfo {
                 has_next_page: page.has_next_page,
@@ -114,16 +103,10 @@ impl Query {
         })
     }
 
-    async fn workflow_template(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-    ) -> Result<Option<WorkflowTemplate>> {
+    async fn workflow_template(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowTemplate>> {
         let r = rctx(ctx);
         let row = r.loaders.templates.load_one(id.0).await.map_err(load_err)?;
-        Ok(row
-            .filter(|t| r.access.can_see_template(t))
-            .map(WorkflowTemplate))
+        Ok(row.filter(|t| r.access.can_see_template(t)).map(WorkflowTemplate))
     }
 
     /// Executions the viewer may see, newest first.
@@ -141,12 +124,7 @@ impl Query {
             .map(|f| ExecutionFilter {
                 drive_id: f.drive_id.map(|i| i.0),
                 template_id: f.template_id.map(|i| i.0),
-                status: f
-                    .status
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
+                status: f.status.unwrap_or_default().into_iter().map(Into::into).collect(),
                 mine: f.mine.unwrap_or(false),
             })
             .unwrap_or_default();
@@ -156,11 +134,7 @@ impl Query {
         let page = executions::list(&r.db, cond.clone(), first, after.as_ref())
             .await
             .map_err(ApiError::from)?;
-        let cursors: Vec<String> = page
-            .rows
-            .iter()
-            .map(|e| Cursor::encode(e.created_at, &e.id))
-            .collect();
+        let cursors: Vec<String> = page.rows.iter().map(|e| Cursor::encode(e.created_at, &e.id)).collect();
         Ok(WorkflowExecutionConnection {
             page_info: PageInfo {
                 has_next_page: page.has_next_page,
@@ -169,23 +143,17 @@ impl Query {
                 end_cursor: cursors.last().cloned(),
             },
             cursors,
-            nodes: page.rows.into_iter().map(WorkflowExecution).collect(),
+            nodes: page.rows.into_iter().map(WorkflowExecution::new).collect(),
             count_condition: Some(cond),
         })
     }
 
-    async fn workflow_execution(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-    ) -> Result<Option<WorkflowExecution>> {
+    async fn workflow_execution(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowExecution>> {
         let r = rctx(ctx);
-        let row = domain::executions::find(&r.db, &id)
-            .await
-            .map_err(ApiError::from)?;
+        let row = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
         Ok(row
             .filter(|e| r.access.can_see_execution(e))
-            .map(WorkflowExecution))
+            .map(WorkflowExecution::new))
     }
 }
 

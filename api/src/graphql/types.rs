@@ -3,11 +3,10 @@
 
 use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, NaiveDateTime, Utc};
-use entity::{
-    drive, drive_member, user, workflow_execution as execution,
-    workflow_execution_step as exec_step,
-};
+use entity::{drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step};
 use entity::{workflow_step as step, workflow_template as template};
+use std::sync::Arc;
+
 use sea_orm::Condition;
 use serde_json::Value;
 
@@ -197,6 +196,7 @@ pub struct Agent {
     pub provider: String,
 }
 
+#[derive(Clone)]
 pub struct WorkflowTemplate(pub template::Model);
 
 #[Object]
@@ -311,7 +311,16 @@ impl WorkflowStep {
     }
 }
 
-pub struct WorkflowExecution(pub execution::Model);
+#[derive(Clone)]
+/// An execution row, with its step records when the caller already has them
+/// (subscription events carry the state after the event).
+pub struct WorkflowExecution(pub Arc<execution::Model>, pub Option<Arc<Vec<exec_step::Model>>>);
+
+impl WorkflowExecution {
+    pub fn new(row: execution::Model) -> Self {
+        Self(Arc::new(row), None)
+    }
+}
 
 #[Object]
 impl WorkflowExecution {
@@ -468,12 +477,12 @@ macro_rules! connection {
                     .zip(&self.cursors)
                     .map(|(n, c)| $edge {
                         cursor: c.clone(),
-                        node: $node(n.0.clone()),
+                        node: n.clone(),
                     })
                     .collect()
             }
             async fn nodes(&self) -> Vec<$node> {
-                self.nodes.iter().map(|n| $node(n.0.clone())).collect()
+                self.nodes.iter().map(Clone::clone).collect()
             }
             async fn page_info(&self) -> &PageInfo {
                 &self.page_info

@@ -9,16 +9,8 @@ use super::{Agent, AgentError, DeltaSink};
 pub(super) fn all() -> Vec<(&'static str, &'static str, Arc<dyn Agent>)> {
     vec![
         ("echo", "Returns {\"text\": <prompt>}", Arc::new(Echo)),
-        (
-            "json",
-            "Parses the prompt as JSON and returns it",
-            Arc::new(JsonAgent),
-        ),
-        (
-            "fail",
-            "Fails with the prompt as its message",
-            Arc::new(Fail),
-        ),
+        ("json", "Parses the prompt as JSON and returns it", Arc::new(JsonAgent)),
+        ("fail", "Fails with the prompt as its message", Arc::new(Fail)),
     ]
 }
 
@@ -36,8 +28,7 @@ struct JsonAgent;
 #[async_trait::async_trait]
 impl Agent for JsonAgent {
     async fn call(&self, prompt: &str, _deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
-        serde_json::from_str(prompt)
-            .map_err(|e| AgentError::Fatal(format!("the prompt is not JSON: {e}")))
+        serde_json::from_str(prompt).map_err(|e| AgentError::Fatal(format!("the prompt is not JSON: {e}")))
     }
 }
 

@@ -78,8 +78,7 @@ impl AgentRegistry {
     }
 
     pub fn insert(&mut self, info: AgentInfo, agent: Arc<dyn Agent>) {
-        self.agents
-            .insert(info.id.clone(), RegisteredAgent { info, agent });
+        self.agents.insert(info.id.clone(), RegisteredAgent { info, agent });
     }
 
     pub fn get(&self, id: &str) -> Option<&RegisteredAgent> {
@@ -100,43 +99,24 @@ impl AgentRegistry {
         let Some(path) = path else {
             return Ok(registry);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            AgentsFileError(format!("cannot read agents file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AgentsFileError(format!("cannot read agents file {}: {e}", path.display())))?;
         registry.add_from_toml(&text, |name| std::env::var(name).ok())?;
         Ok(registry)
     }
 
     /// Parses and validates an agents file; `env` looks up API key variables.
-    pub fn add_from_toml(
-        &mut self,
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), AgentsFileError> {
-        let file: AgentsFile =
-            toml::from_str(text).map_err(|e| AgentsFileError(format!("agents file: {e}")))?;
+    pub fn add_from_toml(&mut self, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<(), AgentsFileError> {
+        let file: AgentsFile = toml::from_str(text).map_err(|e| AgentsFileError(format!("agents file: {e}")))?;
         for (id, def) in file.agents {
-            let at = |field: &str, why: &str| {
-                AgentsFileError(format!("agents file: agents.{id}.{field}: {why}"))
-            };
-            if id.trim().is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            let at = |field: &str, why: &str| AgentsFileError(format!("agents file: agents.{id}.{field}: {why}"));
+            if id.trim().is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(AgentsFileError(format!(
                     "agents file: agent id '{id}' may only contain letters, digits, '-' and '_'"
                 )));
             }
-            if self
-                .agents
-                .get(&id)
-                .is_some_and(|a| a.info.provider == "builtin")
-            {
-                return Err(at(
-                    "provider",
-                    "this id is a built-in agent; choose another id",
-                ));
+            if self.agents.get(&id).is_some_and(|a| a.info.provider == "builtin") {
+                return Err(at("provider", "this id is a built-in agent; choose another id"));
             }
             match def.provider.as_str() {
                 "openai" => {
@@ -154,15 +134,13 @@ impl AgentRegistry {
                             return Err(at("temperature", "must be between 0 and 2"));
                         }
                     }
-                    let api_key = match &def.api_key_env {
-                        Some(var) => Some(env(var).ok_or_else(|| {
-                            at(
-                                "api_key_env",
-                                &format!("the environment variable {var} is not set"),
-                            )
-                        })?),
-                        None => None,
-                    };
+                    let api_key =
+                        match &def.api_key_env {
+                            Some(var) => Some(env(var).ok_or_else(|| {
+                                at("api_key_env", &format!("the environment variable {var} is not set"))
+                            })?),
+                            None => None,
+                        };
                     let agent = OpenAiAgent::new(openai::OpenAiConfig {
                         base_url,
                         model,
@@ -236,19 +214,14 @@ description = "Reviews code"
         let info = &r.get("code-reviewer").unwrap().info;
         assert_eq!(info.provider, "openai");
         assert_eq!(info.description.as_deref(), Some("Reviews code"));
-        assert_eq!(
-            r.ids().collect::<Vec<_>>(),
-            ["code-reviewer", "echo", "fail", "json"]
-        );
+        assert_eq!(r.ids().collect::<Vec<_>>(), ["code-reviewer", "echo", "fail", "json"]);
     }
 
     #[test]
     fn names_the_agent_and_field_of_a_bad_file() {
         let mut r = AgentRegistry::builtin();
         let err = r
-            .add_from_toml("[agents.a]\nprovider = \"openai\"\nmodel = \"m\"\n", |_| {
-                None
-            })
+            .add_from_toml("[agents.a]\nprovider = \"openai\"\nmodel = \"m\"\n", |_| None)
             .unwrap_err();
         assert!(err.0.contains("agents.a.base_url"), "{err}");
         let err = r
@@ -256,7 +229,10 @@ description = "Reviews code"
             .unwrap_err();
         assert!(err.0.contains("agents.b.provider"), "{err}");
         let err = r
-            .add_from_toml("[agents.c]\nprovider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\napi_key_env = \"K\"\n", |_| None)
+            .add_from_toml(
+                "[agents.c]\nprovider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\napi_key_env = \"K\"\n",
+                |_| None,
+            )
             .unwrap_err();
         assert!(err.0.contains("agents.c.api_key_env"), "{err}");
     }

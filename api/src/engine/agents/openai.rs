@@ -77,31 +77,20 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 fn provider_message(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(500).collect())
 }
 
 #[async_trait::async_trait]
 impl Agent for OpenAiAgent {
     async fn call(&self, prompt: &str, deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
-        let url = format!(
-            "{}/chat/completions",
-            self.config.base_url.trim_end_matches('/')
-        );
+        let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
         let mut req = self.client.post(&url).json(&self.request_body(prompt));
         if let Some(key) = &self.config.api_key {
             req = req.bearer_auth(key);
         }
         let resp = req.send().await.map_err(|e| AgentError::Retryable {
-            message: format!(
-                "could not reach {}: {}",
-                self.config.base_url,
-                without_url(&e)
-            ),
+            message: format!("could not reach {}: {}", self.config.base_url, without_url(&e)),
             retry_after: None,
         })?;
         let status = resp.status();
@@ -143,10 +132,7 @@ impl Agent for OpenAiAgent {
                     let _ = sink.send(text.clone());
                 }
             }
-            let model = body
-                .get("model")
-                .cloned()
-                .unwrap_or_else(|| json!(self.config.model));
+            let model = body.get("model").cloned().unwrap_or_else(|| json!(self.config.model));
             let mut out = json!({"text": text, "model": model});
             if let Some(u) = body.get("usage").filter(|u| !u.is_null()) {
                 out["usage"] = u.clone();
@@ -179,10 +165,7 @@ impl Agent for OpenAiAgent {
                     continue;
                 };
                 if let Some(err) = event.get("error") {
-                    let msg = err
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error in stream");
+                    let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
                     return Err(AgentError::Fatal(format!("provider error: {msg}")));
                 }
                 if let Some(m) = event.get("model").filter(|m| m.is_string()) {
@@ -191,10 +174,7 @@ impl Agent for OpenAiAgent {
                 if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
                     usage = Some(u.clone());
                 }
-                if let Some(piece) = event
-                    .pointer("/choices/0/delta/content")
-                    .and_then(Value::as_str)
-                {
+                if let Some(piece) = event.pointer("/choices/0/delta/content").and_then(Value::as_str) {
                     if !piece.is_empty() {
                         text.push_str(piece);
                         if let Some(sink) = deltas {

@@ -1,0 +1,886 @@
+//! The runner: executes a run's steps one after another in the background.
+//!
+//! Every state change is one transaction that is conditional on the
+//! execution's status (so a cancel and a step finishing at the same moment
+//! end in one consistent state, on both databases), bumps the execution's
+//! persisted `sequence`, and only after it commits is published on the bus.
+//! Within this process, one lock per execution orders writes, streamed
+//! deltas and snapshots, so subscribers see sequences without gaps.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::NaiveDateTime;
+use entity::{ExecutionStatus, StepStatus};
+use entity::{workflow_execution as execution, workflow_execution_step as exec_step, workflow_template as template};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::agents::{AgentError, AgentRegistry};
+use super::definition::StepDefinition;
+use super::{condition, prompt};
+use crate::domain::{self, new_id, now, validation};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{EventBus, EventKind, ExecutionEvent};
+
+/// This process's view of one execution that is being worked on.
+struct Live {
+    /// Held while writing and publishing; the last sequence published here
+    /// (ahead of the database while an agent streams).
+    seq: tokio::sync::Mutex<Option<i64>>,
+    cancel: CancellationToken,
+    runner: AtomicBool,
+}
+
+/// A run's rows as last written.
+#[derive(Clone)]
+struct RunState {
+    exec: Arc<execution::Model>,
+    steps: Arc<Vec<exec_step::Model>>,
+}
+
+/// Changes to the execution row; `None` leaves a column as it is.
+#[derive(Default)]
+struct ExecPatch {
+    status: Option<ExecutionStatus>,
+    current_step_order: Option<Option<i32>>,
+    context: Option<Value>,
+    paused_at: Option<NaiveDateTime>,
+    completed_at: Option<NaiveDateTime>,
+    failed_at: Option<NaiveDateTime>,
+    error_message: Option<String>,
+}
+
+/// Changes to one execution step row.
+#[derive(Default)]
+struct StepPatch {
+    status: Option<StepStatus>,
+    agent_input: Option<Value>,
+    agent_output: Option<Value>,
+    user_input: Option<Value>,
+    started_at: Option<NaiveDateTime>,
+    completed_at: Option<NaiveDateTime>,
+    error_message: Option<String>,
+}
+
+struct Change {
+    /// Applied only while the execution has one of these statuses.
+    expect: &'static [ExecutionStatus],
+    exec: ExecPatch,
+    step: Option<(usize, StepPatch)>,
+    /// Events to publish, in order, once committed.
+    events: &'static [EventKind],
+}
+
+enum AgentOutcome {
+    Done(Value),
+    Failed(String),
+    Cancelled,
+}
+
+pub struct Engine {
+    db: DatabaseConnection,
+    agents: Arc<AgentRegistry>,
+    bus: EventBus,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+impl Engine {
+    pub fn new(db: DatabaseConnection, agents: Arc<AgentRegistry>, bus: EventBus) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            agents,
+            bus,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    fn live(&self, id: &str) -> Arc<Live> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Live {
+                    seq: tokio::sync::Mutex::new(None),
+                    cancel: CancellationToken::new(),
+                    runner: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.live.lock().expect("live lock").remove(id);
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<RunState>, DbErr> {
+        let Some(exec) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let steps = exec_step::Entity::find()
+            .filter(exec_step::Column::WorkflowExecutionId.eq(id))
+            .order_by_asc(exec_step::Column::StepOrder)
+            .all(&self.db)
+            .await?;
+        Ok(Some(RunState {
+            exec: Arc::new(exec),
+            steps: Arc::new(steps),
+        }))
+    }
+
+    /// Writes a change in one transaction and publishes its events. Returns
+    /// false (and writes nothing) when the execution's status no longer
+    /// allows it.
+    async fn apply(&self, seq: &mut Option<i64>, state: &mut RunState, change: Change) -> Result<bool, DbErr> {
+        let base = seq.unwrap_or(0).max(state.exec.sequence);
+        let new_seq = base + change.events.len() as i64;
+        let at = now();
+        let p = &change.exec;
+        let exec_row = execution::ActiveModel {
+            status: p.status.map_or(NotSet, Set),
+            current_step_order: p.current_step_order.map_or(NotSet, Set),
+            accumulated_context: p.context.clone().map_or(NotSet, Set),
+            paused_at: p.paused_at.map_or(NotSet, |t| Set(Some(t))),
+            completed_at: p.completed_at.map_or(NotSet, |t| Set(Some(t))),
+            failed_at: p.failed_at.map_or(NotSet, |t| Set(Some(t))),
+            error_message: p.error_message.clone().map_or(NotSet, |m| Set(Some(m))),
+            sequence: Set(new_seq),
+            updated_at: Set(at),
+            ..Default::default()
+        };
+        let txn = self.db.begin().await?;
+        let res = execution::Entity::update_many()
+            .set(exec_row)
+            .filter(execution::Column::Id.eq(state.exec.id.clone()))
+            .filter(execution::Column::Status.is_in(change.expect.iter().copied()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        if let Some((idx, sp)) = &change.step {
+            let step_row = exec_step::ActiveModel {
+                status: sp.status.map_or(NotSet, Set),
+                agent_input: sp.agent_input.clone().map_or(NotSet, |v| Set(Some(v))),
+                agent_output: sp.agent_output.clone().map_or(NotSet, |v| Set(Some(v))),
+                user_input: sp.user_input.clone().map_or(NotSet, |v| Set(Some(v))),
+                started_at: sp.started_at.map_or(NotSet, |t| Set(Some(t))),
+                completed_at: sp.completed_at.map_or(NotSet, |t| Set(Some(t))),
+                error_message: sp.error_message.clone().map_or(NotSet, |m| Set(Some(m))),
+                updated_at: Set(at),
+                ..Default::default()
+            };
+            exec_step::Entity::update_many()
+                .set(step_row)
+                .filter(exec_step::Column::Id.eq(state.steps[*idx].id.clone()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+
+        // The rows as now stored, built from what was just written.
+        let e = Arc::make_mut(&mut state.exec);
+        if let Some(s) = p.status {
+            e.status = s;
+        }
+        if let Some(o) = p.current_step_order {
+            e.current_step_order = o;
+        }
+        if let Some(c) = &p.context {
+            e.accumulated_context = c.clone();
+        }
+        if p.paused_at.is_some() {
+            e.paused_at = p.paused_at;
+        }
+        if p.completed_at.is_some() {
+            e.completed_at = p.completed_at;
+        }
+        if p.failed_at.is_some() {
+            e.failed_at = p.failed_at;
+        }
+        if p.error_message.is_some() {
+            e.error_message = p.error_message.clone();
+        }
+        e.sequence = new_seq;
+        e.updated_at = at;
+        let mut changed_step = None;
+        if let Some((idx, sp)) = change.step {
+            let s = &mut Arc::make_mut(&mut state.steps)[idx];
+            if let Some(v) = sp.status {
+                s.status = v;
+            }
+            if sp.agent_input.is_some() {
+                s.agent_input = sp.agent_input;
+            }
+            if sp.agent_output.is_some() {
+                s.agent_output = sp.agent_output;
+            }
+            if sp.user_input.is_some() {
+                s.user_input = sp.user_input;
+            }
+            if sp.started_at.is_some() {
+                s.started_at = sp.started_at;
+            }
+            if sp.completed_at.is_some() {
+                s.completed_at = sp.completed_at;
+            }
+            if sp.error_message.is_some() {
+                s.error_message = sp.error_message;
+            }
+            s.updated_at = at;
+            changed_step = Some(s.clone());
+        }
+        *seq = Some(new_seq);
+        for (i, kind) in change.events.iter().enumerate() {
+            self.bus.publish(ExecutionEvent {
+                kind: *kind,
+                sequence: base + i as i64 + 1,
+                at,
+                execution: state.exec.clone(),
+                steps: state.steps.clone(),
+                step: if *kind == EventKind::StepUpdated {
+                    changed_step.clone()
+                } else {
+                    None
+                },
+                delta: None,
+            });
+        }
+        if state.exec.status.is_terminal() {
+            self.forget(&state.exec.id);
+        }
+        Ok(true)
+    }
+
+    /// Creates the execution (RUNNING) and a PENDING record per template
+    /// step, each carrying a copy of its step, then runs it in the background.
+    pub async fn start(
+        self: &Arc<Self>,
+        template: &template::Model,
+        user_id: &str,
+        context: Value,
+    ) -> ApiResult<execution::Model> {
+        let steps = domain::steps::of_templates(&self.db, &[template.id.clone()]).await?;
+        if steps.is_empty() {
+            return Err(ApiError::bad_input("templateId: the template has no steps to run"));
+        }
+        let at = now();
+        let exec = execution::Model {
+            id: new_id(),
+            workflow_template_id: template.id.clone(),
+            user_id: user_id.to_owned(),
+            drive_id: template.drive_id.clone(),
+            status: ExecutionStatus::Running,
+            current_step_order: Some(0),
+            accumulated_context: context,
+            started_at: Some(at),
+            paused_at: None,
+            completed_at: None,
+            failed_at: None,
+            error_message: None,
+            sequence: 1,
+            created_at: at,
+            updated_at: at,
+        };
+        let records: Vec<exec_step::Model> = steps
+            .iter()
+            .map(|s| exec_step::Model {
+                id: new_id(),
+                workflow_execution_id: exec.id.clone(),
+                workflow_step_id: Some(s.id.clone()),
+                step_order: s.step_order,
+                status: StepStatus::Pending,
+                agent_input: None,
+                agent_output: None,
+                user_input: None,
+                started_at: None,
+                completed_at: None,
+                error_message: None,
+                definition: Some(serde_json::to_value(StepDefinition::from(s)).expect("definition serializes")),
+                created_at: at,
+                updated_at: at,
+            })
+            .collect();
+        let txn = self.db.begin().await?;
+        execution::Entity::insert(execution::ActiveModel::from(exec.clone()))
+            .exec_without_returning(&txn)
+            .await?;
+        exec_step::Entity::insert_many(records.iter().cloned().map(exec_step::ActiveModel::from))
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        let live = self.live(&exec.id);
+        {
+            let mut seq = live.seq.lock().await;
+            *seq = Some(1);
+            self.bus.publish(ExecutionEvent {
+                kind: EventKind::ExecutionUpdated,
+                sequence: 1,
+                at,
+                execution: Arc::new(exec.clone()),
+                steps: Arc::new(records),
+                step: None,
+                delta: None,
+            });
+        }
+        self.spawn(exec.id.clone());
+        Ok(exec)
+    }
+
+    fn spawn(self: &Arc<Self>, id: String) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let live = engine.live(&id);
+            if live.runner.swap(true, Ordering::SeqCst) {
+                return; // Already being worked on in this process.
+            }
+            if let Err(e) = engine.run(&live, &id).await {
+                tracing::error!(execution = %id, error = %e, "run stopped by a database error");
+            }
+            live.runner.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Validates `input` against the paused step's `inputSchema`, saves it,
+    /// and resumes the run. Only one of several concurrent submissions wins.
+    pub async fn submit_input(self: &Arc<Self>, id: &str, input: Value) -> ApiResult<execution::Model> {
+        let live = self.live(id);
+        let mut seq = live.seq.lock().await;
+        let mut state = self
+            .load(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
+        if state.exec.status != ExecutionStatus::Paused {
+            return Err(not_paused(&state.exec));
+        }
+        let order = state.exec.current_step_order.unwrap_or(0);
+        let idx = state
+            .steps
+            .iter()
+            .position(|s| s.step_order == order && s.status == StepStatus::Pending)
+            .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
+        let def = self.definition(&state.steps[idx]).await?;
+        validation::user_input(def.input_schema.as_ref(), &input)?;
+        let mut context = state.exec.accumulated_context.clone();
+        if let Some(map) = context.as_object_mut() {
+            map.insert(format!("step_{order}_input"), input.clone());
+        }
+        let applied = self
+            .apply(
+                &mut seq,
+                &mut state,
+                Change {
+                    expect: &[ExecutionStatus::Paused],
+                    exec: ExecPatch {
+                        status: Some(ExecutionStatus::Running),
+                        context: Some(context),
+                        ..Default::default()
+                    },
+                    step: Some((
+                        idx,
+                        StepPatch {
+                            user_input: Some(input),
+                            ..Default::default()
+                        },
+                    )),
+                    events: &[EventKind::ExecutionUpdated],
+                },
+            )
+            .await?;
+        if !applied {
+            return Err(ApiError::Conflict("the execution is no longer PAUSED".into()));
+        }
+        drop(seq);
+        self.spawn(id.to_owned());
+        Ok((*state.exec).clone())
+    }
+
+    /// Stops a RUNNING or PAUSED execution: CANCELLED, and a step in flight
+    /// FAILED "cancelled". The agent call in flight is dropped.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> ApiResult<execution::Model> {
+        let live = self.live(id);
+        let mut seq = live.seq.lock().await;
+        let Some(mut state) = self.load(id).await? else {
+            return Err(ApiError::not_found("workflow execution", id));
+        };
+        if state.exec.status.is_terminal() {
+            self.forget(id);
+            return Err(ApiError::Conflict(format!(
+                "the execution has already finished ({})",
+                status_name(state.exec.status)
+            )));
+        }
+        let at = now();
+        let running = state.steps.iter().position(|s| s.status == StepStatus::Running);
+        let change = Change {
+            expect: &[ExecutionStatus::Running, ExecutionStatus::Paused],
+            exec: ExecPatch {
+                status: Some(ExecutionStatus::Cancelled),
+                ..Default::default()
+            },
+            step: running.map(|idx| {
+                (
+                    idx,
+                    StepPatch {
+                        status: Some(StepStatus::Failed),
+                        completed_at: Some(at),
+                        error_message: Some("cancelled".into()),
+                        ..Default::default()
+                    },
+                )
+            }),
+            events: if running.is_some() {
+                &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+            } else {
+                &[EventKind::ExecutionUpdated]
+            },
+        };
+        if !self.apply(&mut seq, &mut state, change).await? {
+            return Err(ApiError::Conflict("the execution has already finished".into()));
+        }
+        live.cancel.cancel();
+        Ok((*state.exec).clone())
+    }
+
+    /// The execution and its steps as one consistent SNAPSHOT event.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<ExecutionEvent>, DbErr> {
+        let live = self.live(id);
+        let seq = live.seq.lock().await;
+        let state = self.load(id).await?;
+        let result = state.map(|s| ExecutionEvent {
+            kind: EventKind::Snapshot,
+            sequence: seq.unwrap_or(0).max(s.exec.sequence),
+            at: now(),
+            execution: s.exec,
+            steps: s.steps,
+            step: None,
+            delta: None,
+        });
+        let terminal_or_gone = result.as_ref().is_none_or(|e| e.execution.status.is_terminal());
+        drop(seq);
+        if terminal_or_gone {
+            self.forget(id);
+        }
+        Ok(result)
+    }
+
+    async fn definition(&self, step: &exec_step::Model) -> ApiResult<StepDefinition> {
+        if let Some(d) = &step.definition {
+            return serde_json::from_value(d.clone())
+                .map_err(|e| ApiError::Internal(format!("step {} has an unreadable definition: {e}", step.id)));
+        }
+        // Rows written before definitions were copied: use the template step.
+        let Some(step_id) = &step.workflow_step_id else {
+            return Err(ApiError::Internal(format!(
+                "step {} has no definition",
+                step.step_order
+            )));
+        };
+        let def = domain::steps::find(&self.db, step_id).await?;
+        def.map(|d| StepDefinition::from(&d))
+            .ok_or_else(|| ApiError::Internal(format!("step {} has no definition", step.step_order)))
+    }
+
+    async fn write(&self, live: &Live, state: &mut RunState, change: Change) -> Result<bool, DbErr> {
+        let mut seq = live.seq.lock().await;
+        self.apply(&mut seq, state, change).await
+    }
+
+    /// Marks step `idx` and the execution FAILED.
+    async fn fail(&self, live: &Live, state: &mut RunState, idx: usize, cause: String) -> Result<(), DbErr> {
+        let at = now();
+        let order = state.steps[idx].step_order;
+        let message = format!("step {order} failed: {cause}");
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                exec: ExecPatch {
+                    status: Some(ExecutionStatus::Failed),
+                    failed_at: Some(at),
+                    error_message: Some(message.clone()),
+                    ..Default::default()
+                },
+                step: Some((
+                    idx,
+                    StepPatch {
+                        status: Some(StepStatus::Failed),
+                        completed_at: Some(at),
+                        error_message: Some(message),
+                        ..Default::default()
+                    },
+                )),
+                events: &[EventKind::StepUpdated, EventKind::ExecutionUpdated],
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn run(&self, live: &Live, id: &str) -> Result<(), DbErr> {
+        let Some(mut state) = self.load(id).await? else {
+            return Ok(());
+        };
+        loop {
+            if state.exec.status != ExecutionStatus::Running || live.cancel.is_cancelled() {
+                return Ok(());
+            }
+            let Some(idx) = state
+                .steps
+                .iter()
+                .position(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
+            else {
+                // Nothing left (e.g. the last steps were skipped): done.
+                let at = now();
+                self.write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        exec: ExecPatch {
+                            status: Some(ExecutionStatus::Completed),
+                            completed_at: Some(at),
+                            ..Default::default()
+                        },
+                        step: None,
+                        events: &[EventKind::ExecutionUpdated],
+                    },
+                )
+                .await?;
+                return Ok(());
+            };
+            let step = state.steps[idx].clone();
+            let order = step.step_order;
+            let next_order = state.steps.get(idx + 1).map(|s| s.step_order);
+            let is_last = state.steps[idx + 1..]
+                .iter()
+                .all(|s| !matches!(s.status, StepStatus::Pending | StepStatus::Running));
+            let def = match self.definition(&step).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.fail(live, &mut state, idx, e.message()).await?;
+                    return Ok(());
+                }
+            };
+
+            if let Some(rule) = &def.condition {
+                match condition::evaluate(rule, &state.exec.accumulated_context) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let at = now();
+                        let done = is_last;
+                        let applied = self
+                            .write(
+                                live,
+                                &mut state,
+                                Change {
+                                    expect: &[ExecutionStatus::Running],
+                                    exec: ExecPatch {
+                                        current_step_order: next_order.map(Some),
+                                        status: done.then_some(ExecutionStatus::Completed),
+                                        completed_at: done.then_some(at),
+                                        ..Default::default()
+                                    },
+                                    step: Some((
+                                        idx,
+                                        StepPatch {
+                                            status: Some(StepStatus::Skipped),
+                                            completed_at: Some(at),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                    events: if done {
+                                        &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+                                    } else {
+                                        &[EventKind::StepUpdated]
+                                    },
+                                },
+                            )
+                            .await?;
+                        if !applied {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail(
+                            live,
+                            &mut state,
+                            idx,
+                            format!("its condition could not be evaluated: {e}"),
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                }
+            }
+
+            if def.requires_user_input && step.user_input.is_none() {
+                self.write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        exec: ExecPatch {
+                            status: Some(ExecutionStatus::Paused),
+                            paused_at: Some(now()),
+                            current_step_order: Some(Some(order)),
+                            ..Default::default()
+                        },
+                        step: None,
+                        events: &[EventKind::ExecutionUpdated],
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+
+            let rendered = match prompt::render(
+                &def.prompt_template,
+                &state.exec.accumulated_context,
+                step.user_input.as_ref(),
+            ) {
+                Ok(p) => p,
+                Err(missing) => {
+                    self.fail(
+                        live,
+                        &mut state,
+                        idx,
+                        format!("its prompt names a missing variable '{}'", missing.0),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            };
+            let Some(agent) = self.agents.get(&def.agent_id).map(|a| a.agent.clone()) else {
+                self.fail(
+                    live,
+                    &mut state,
+                    idx,
+                    format!("agent '{}' is not configured on this server", def.agent_id),
+                )
+                .await?;
+                return Ok(());
+            };
+            let applied = self
+                .write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        exec: ExecPatch {
+                            current_step_order: Some(Some(order)),
+                            ..Default::default()
+                        },
+                        step: Some((
+                            idx,
+                            StepPatch {
+                                status: Some(StepStatus::Running),
+                                started_at: Some(now()),
+                                agent_input: Some(json!({"prompt": rendered, "agentId": def.agent_id})),
+                                ..Default::default()
+                            },
+                        )),
+                        events: &[EventKind::StepUpdated],
+                    },
+                )
+                .await?;
+            if !applied {
+                return Ok(());
+            }
+
+            match self
+                .call_agent(live, &mut state, idx, agent.as_ref(), &def, &rendered)
+                .await?
+            {
+                AgentOutcome::Cancelled => return Ok(()),
+                AgentOutcome::Failed(cause) => {
+                    self.fail(live, &mut state, idx, format!("agent '{}': {cause}", def.agent_id))
+                        .await?;
+                    return Ok(());
+                }
+                AgentOutcome::Done(output) => {
+                    let at = now();
+                    let mut context = state.exec.accumulated_context.clone();
+                    if let Some(map) = context.as_object_mut() {
+                        map.insert(format!("step_{order}_output"), output.clone());
+                    }
+                    let done = is_last;
+                    let applied = self
+                        .write(
+                            live,
+                            &mut state,
+                            Change {
+                                expect: &[ExecutionStatus::Running],
+                                exec: ExecPatch {
+                                    context: Some(context),
+                                    current_step_order: next_order.map(Some),
+                                    status: done.then_some(ExecutionStatus::Completed),
+                                    completed_at: done.then_some(at),
+                                    ..Default::default()
+                                },
+                                step: Some((
+                                    idx,
+                                    StepPatch {
+                                        status: Some(StepStatus::Completed),
+                                        agent_output: Some(output),
+                                        completed_at: Some(at),
+                                        ..Default::default()
+                                    },
+                                )),
+                                events: if done {
+                                    &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+                                } else {
+                                    &[EventKind::StepUpdated]
+                                },
+                            },
+                        )
+                        .await?;
+                    if !applied || done {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls the agent under the step's timeout and retry policy, publishing
+    /// streamed pieces as STEP_OUTPUT_DELTA events; stops at once on cancel.
+    async fn call_agent(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        agent: &dyn super::agents::Agent,
+        def: &StepDefinition,
+        rendered: &str,
+    ) -> Result<AgentOutcome, DbErr> {
+        let policy = def.attempts();
+        let mut attempt = 1;
+        loop {
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let mut streamed = false;
+            let result = {
+                let call = agent.call(rendered, Some(&tx));
+                tokio::pin!(call);
+                let deadline = async {
+                    match policy.timeout {
+                        Some(t) => tokio::time::sleep(t).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Cancelled),
+                        Some(piece) = rx.recv() => {
+                            streamed = true;
+                            self.publish_delta(live, state, idx, piece).await;
+                        }
+                        r = &mut call => break r,
+                        _ = &mut deadline => break Err(AgentError::Retryable {
+                            message: format!("timed out after {} ms", policy.timeout.map_or(0, |t| t.as_millis())),
+                            retry_after: None,
+                        }),
+                    }
+                }
+            };
+            // Pieces sent just before the call returned.
+            while let Ok(piece) = rx.try_recv() {
+                streamed = true;
+                self.publish_delta(live, state, idx, piece).await;
+            }
+            match result {
+                Ok(output) => return Ok(AgentOutcome::Done(output)),
+                Err(AgentError::Fatal(m)) => return Ok(AgentOutcome::Failed(m)),
+                Err(AgentError::Retryable { message, retry_after }) => {
+                    if attempt >= policy.max_attempts {
+                        let tries = if attempt > 1 {
+                            format!(" (after {attempt} attempts)")
+                        } else {
+                            String::new()
+                        };
+                        return Ok(AgentOutcome::Failed(format!("{message}{tries}")));
+                    }
+                    let wait = retry_after.unwrap_or(policy.backoff).max(policy.backoff);
+                    tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
+                    tokio::select! {
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if streamed {
+                        // A new RUNNING event with a new startedAt tells
+                        // subscribers to drop the pieces of the failed attempt.
+                        let applied = self
+                            .write(
+                                live,
+                                state,
+                                Change {
+                                    expect: &[ExecutionStatus::Running],
+                                    exec: ExecPatch::default(),
+                                    step: Some((
+                                        idx,
+                                        StepPatch {
+                                            started_at: Some(now()),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                    events: &[EventKind::StepUpdated],
+                                },
+                            )
+                            .await?;
+                        if !applied {
+                            return Ok(AgentOutcome::Cancelled);
+                        }
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn publish_delta(&self, live: &Live, state: &mut RunState, idx: usize, piece: String) {
+        let mut seq = live.seq.lock().await;
+        let next = seq.unwrap_or(0).max(state.exec.sequence) + 1;
+        *seq = Some(next);
+        Arc::make_mut(&mut state.exec).sequence = next;
+        self.bus.publish(ExecutionEvent {
+            kind: EventKind::StepOutputDelta,
+            sequence: next,
+            at: now(),
+            execution: state.exec.clone(),
+            steps: state.steps.clone(),
+            step: Some(state.steps[idx].clone()),
+            delta: Some(piece),
+        });
+    }
+}
+
+fn status_name(s: ExecutionStatus) -> &'static str {
+    match s {
+        ExecutionStatus::Running => "RUNNING",
+        ExecutionStatus::Paused => "PAUSED",
+        ExecutionStatus::Completed => "COMPLETED",
+        ExecutionStatus::Failed => "FAILED",
+        ExecutionStatus::Cancelled => "CANCELLED",
+    }
+}
+
+fn not_paused(e: &execution::Model) -> ApiError {
+    ApiError::Conflict(format!(
+        "the execution is {}, not PAUSED: there is no step waiting for input",
+        status_name(e.status)
+    ))
+}

@@ -1,0 +1,184 @@
+//! `Subscription`: live execution events over WebSocket. Each stream starts
+//! with a SNAPSHOT, then forwards every change in `sequence` order; a
+//! subscriber that lags (or sees a gap) gets a fresh SNAPSHOT instead.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, ID, Object, Result, Subscription};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::types::{WorkflowExecution, WorkflowExecutionStep, utc};
+use super::{RequestCtx, SchemaData};
+use crate::domain;
+use crate::error::ApiError;
+use crate::events::{EventKind, ExecutionEvent};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum WorkflowExecutionEventKind {
+    Snapshot,
+    ExecutionUpdated,
+    StepUpdated,
+    StepOutputDelta,
+}
+
+impl From<EventKind> for WorkflowExecutionEventKind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::Snapshot => Self::Snapshot,
+            EventKind::ExecutionUpdated => Self::ExecutionUpdated,
+            EventKind::StepUpdated => Self::StepUpdated,
+            EventKind::StepOutputDelta => Self::StepOutputDelta,
+        }
+    }
+}
+
+pub struct WorkflowExecutionEvent(pub Arc<ExecutionEvent>);
+
+#[Object]
+impl WorkflowExecutionEvent {
+    async fn kind(&self) -> WorkflowExecutionEventKind {
+        self.0.kind.into()
+    }
+    /// Per execution, 1, 2, 3 … without gaps.
+    async fn sequence(&self) -> i64 {
+        self.0.sequence
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        utc(self.0.at)
+    }
+    /// The execution's state after this event.
+    async fn execution(&self) -> WorkflowExecution {
+        WorkflowExecution(self.0.execution.clone(), Some(self.0.steps.clone()))
+    }
+    /// For STEP_* kinds: the step the event is about.
+    async fn step(&self) -> Option<WorkflowExecutionStep> {
+        self.0.step.clone().map(WorkflowExecutionStep)
+    }
+    /// For STEP_OUTPUT_DELTA: the next piece of streamed output.
+    async fn delta(&self) -> Option<&str> {
+        self.0.delta.as_deref()
+    }
+}
+
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// One execution's events: a SNAPSHOT, then every change; completes after
+    /// the execution finishes.
+    async fn workflow_execution_events(
+        &self,
+        ctx: &Context<'_>,
+        execution_id: ID,
+    ) -> Result<impl Stream<Item = WorkflowExecutionEvent> + use<>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
+        let id = execution_id.0;
+        let exec = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
+        if !exec.as_ref().is_some_and(|e| r.access.can_see_execution(e)) {
+            return Err(ApiError::not_found("workflow execution", &id).into());
+        }
+        // Subscribe before reading the snapshot so no change falls between.
+        let mut rx = engine.bus().subscribe();
+        let first = engine.snapshot(&id).await.map_err(ApiError::from)?;
+        Ok(async_stream::stream! {
+            let Some(first) = first else { return };
+            let mut last = first.sequence;
+            let done = first.execution.status.is_terminal();
+            yield WorkflowExecutionEvent(Arc::new(first));
+            if done {
+                return;
+            }
+            loop {
+                let resync = match rx.recv().await {
+                    Ok(ev) if ev.execution.id != id => continue,
+                    Ok(ev) if ev.sequence <= last => continue,
+                    Ok(ev) if ev.sequence == last + 1 => {
+                        last = ev.sequence;
+                        let done = ev.is_terminal();
+                        yield WorkflowExecutionEvent(ev);
+                        if done {
+                            return;
+                        }
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                if resync {
+                    match engine.snapshot(&id).await {
+                        Ok(Some(snap)) => {
+                            last = snap.sequence;
+                            let done = snap.execution.status.is_terminal();
+                            yield WorkflowExecutionEvent(Arc::new(snap));
+                            if done {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "snapshot for a lagging subscriber failed");
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// The changes of every execution in the drive that the viewer may see.
+    async fn drive_workflow_execution_events(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: ID,
+    ) -> Result<impl Stream<Item = WorkflowExecutionEvent> + use<>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
+        if !r.access.can_see_drive(&drive_id) {
+            return Err(ApiError::not_found("drive", &drive_id).into());
+        }
+        let access = r.access.snapshot();
+        let drive = drive_id.0;
+        let mut rx = engine.bus().subscribe();
+        Ok(async_stream::stream! {
+            // Last sequence forwarded per execution, to send nothing twice.
+            let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if ev.execution.drive_id != drive || !access.can_see_execution(&ev.execution) {
+                            continue;
+                        }
+                        let last = seen.entry(ev.execution.id.clone()).or_insert(0);
+                        if ev.sequence <= *last {
+                            continue;
+                        }
+                        *last = ev.sequence;
+                        if ev.is_terminal() {
+                            seen.remove(&ev.execution.id);
+                        }
+                        yield WorkflowExecutionEvent(ev);
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind: a fresh SNAPSHOT of each execution this
+                        // stream was following replaces what was missed.
+                        let ids: Vec<String> = seen.keys().cloned().collect();
+                        for id in ids {
+                            if let Ok(Some(snap)) = engine.snapshot(&id).await {
+                                seen.insert(id.clone(), snap.sequence);
+                                if snap.execution.status.is_terminal() {
+                                    seen.remove(&id);
+                                }
+                                yield WorkflowExecutionEvent(Arc::new(snap));
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}
