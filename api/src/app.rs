@@ -64,12 +64,13 @@ impl AppState {
         Ok(())
     }
 
-    /// The request context of an authenticated viewer.
-    pub async fn request_ctx(&self, viewer: Viewer) -> Result<RequestCtx, ApiError> {
+    /// The request context of an authenticated viewer; `cache_rows` for one
+    /// HTTP request, not for a long-lived WebSocket connection.
+    pub async fn request_ctx(&self, viewer: Viewer, cache_rows: bool) -> Result<RequestCtx, ApiError> {
         self.remember_user(&viewer).await?;
         let roles = users::memberships(&self.db, &viewer.id).await?;
         let access = Access::new(viewer.id.clone(), roles);
-        Ok(RequestCtx::new(&self.db, viewer, access))
+        Ok(RequestCtx::new(&self.db, viewer, access, cache_rows))
     }
 }
 
@@ -198,7 +199,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             );
         }
     };
-    let ctx = match state.request_ctx(viewer).await {
+    let ctx = match state.request_ctx(viewer, true).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = ?e, "could not load the viewer");
@@ -247,7 +248,7 @@ async fn graphql_ws(
                     .verify_header(header.as_deref())
                     .map_err(|e| async_graphql::Error::new(e.message()))?;
                 let ctx = state
-                    .request_ctx(viewer)
+                    .request_ctx(viewer, false)
                     .await
                     .map_err(|e| async_graphql::Error::new(e.message()))?;
                 let mut data = async_graphql::Data::default();

@@ -2,7 +2,8 @@
 //! delete, and the filtered, paginated list.
 
 use entity::{Tags, workflow_template as template};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::extension::postgres::PgBinOper;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -192,25 +193,24 @@ pub fn list_condition(
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
+        let like = |e: Expr| e.like(LikeExpr::new(pattern.clone()).escape('\\'));
         cond = cond.add(
             Condition::any()
-                .add(Expr::cust_with_values(
-                    r#"LOWER("name") LIKE ? ESCAPE '\'"#,
-                    [pattern.clone()],
-                ))
-                .add(Expr::cust_with_values(
-                    r#"LOWER(COALESCE("description", '')) LIKE ? ESCAPE '\'"#,
-                    [pattern],
+                .add(like(Func::lower(Expr::col(template::Column::Name)).into()))
+                .add(like(
+                    Func::lower(Func::coalesce([
+                        Expr::col(template::Column::Description),
+                        Expr::val(""),
+                    ]))
+                    .into(),
                 )),
         );
     }
     if !filter.tags.is_empty() {
         match backend {
             DbBackend::Postgres => {
-                cond = cond.add(Expr::cust_with_values(
-                    r#""tags" @> ?"#,
-                    [Tags(filter.tags.clone()).to_value(DbBackend::Postgres)],
-                ));
+                let wanted = Tags(filter.tags.clone()).to_value(DbBackend::Postgres);
+                cond = cond.add(Expr::col(template::Column::Tags).binary(PgBinOper::Contains, Expr::val(wanted)));
             }
             _ => {
                 for tag in &filter.tags {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use entity::{
     drive, drive_member, user, workflow_execution_step as exec_step, workflow_step as step,
     workflow_template as template,
@@ -15,6 +15,8 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::domain;
 
 pub type LoadError = Arc<DbErr>;
+
+type Cached<T> = DataLoader<T, HashMapCache>;
 
 macro_rules! by_id_loader {
     ($name:ident, $model:ty, $find:path) => {
@@ -87,27 +89,92 @@ impl Loader<String> for MembersOfDrive {
     }
 }
 
-/// All loaders of one request.
+/// All loaders of one request (or one WebSocket connection).
 pub struct Loaders {
-    pub users: DataLoader<UserLoader>,
-    pub drives: DataLoader<DriveLoader>,
-    pub templates: DataLoader<TemplateLoader>,
-    pub steps: DataLoader<StepLoader>,
-    pub steps_of_template: DataLoader<StepsOfTemplate>,
-    pub steps_of_execution: DataLoader<StepsOfExecution>,
-    pub members_of_drive: DataLoader<MembersOfDrive>,
+    pub users: Cached<UserLoader>,
+    pub drives: Cached<DriveLoader>,
+    pub templates: Cached<TemplateLoader>,
+    pub steps: Cached<StepLoader>,
+    pub steps_of_template: Cached<StepsOfTemplate>,
+    pub steps_of_execution: Cached<StepsOfExecution>,
+    pub members_of_drive: Cached<MembersOfDrive>,
+}
+
+fn loader<T: Loader<String>>(inner: T, cache: bool) -> Cached<T> {
+    let l = DataLoader::with_cache(inner, tokio::spawn, HashMapCache::default());
+    l.enable_all_cache(cache);
+    l
 }
 
 impl Loaders {
-    pub fn new(db: &DatabaseConnection) -> Self {
+    /// `cache`: remember rows for the rest of the request. A WebSocket
+    /// connection lives long, so its loaders batch but do not cache.
+    pub fn new(db: &DatabaseConnection, cache: bool) -> Self {
         Self {
-            users: DataLoader::new(UserLoader(db.clone()), tokio::spawn),
-            drives: DataLoader::new(DriveLoader(db.clone()), tokio::spawn),
-            templates: DataLoader::new(TemplateLoader(db.clone()), tokio::spawn),
-            steps: DataLoader::new(StepLoader(db.clone()), tokio::spawn),
-            steps_of_template: DataLoader::new(StepsOfTemplate(db.clone()), tokio::spawn),
-            steps_of_execution: DataLoader::new(StepsOfExecution(db.clone()), tokio::spawn),
-            members_of_drive: DataLoader::new(MembersOfDrive(db.clone()), tokio::spawn),
+            users: loader(UserLoader(db.clone()), cache),
+            drives: loader(DriveLoader(db.clone()), cache),
+            templates: loader(TemplateLoader(db.clone()), cache),
+            steps: loader(StepLoader(db.clone()), cache),
+            steps_of_template: loader(StepsOfTemplate(db.clone()), cache),
+            steps_of_execution: loader(StepsOfExecution(db.clone()), cache),
+            members_of_drive: loader(MembersOfDrive(db.clone()), cache),
         }
+    }
+
+    /// Loads what a page of templates will ask for — steps, creators,
+    /// drives — in one query each, up front, so the statement count does not
+    /// depend on how the executor interleaves the page's resolvers.
+    pub async fn prefetch_templates(
+        &self,
+        db: &DatabaseConnection,
+        rows: &[template::Model],
+        steps: bool,
+        creators: bool,
+        drives: bool,
+    ) -> Result<(), DbErr> {
+        let ids: Vec<String> = rows.iter().map(|t| t.id.clone()).collect();
+        let mut user_ids: Vec<String> = rows.iter().map(|t| t.created_by.clone()).collect();
+        user_ids.sort();
+        user_ids.dedup();
+        let mut drive_ids: Vec<String> = rows.iter().map(|t| t.drive_id.clone()).collect();
+        drive_ids.sort();
+        drive_ids.dedup();
+        let (s, u, d) = tokio::join!(
+            async {
+                if steps {
+                    Some(domain::steps::of_templates(db, &ids).await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if creators {
+                    Some(domain::users::find_many(db, &user_ids).await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if drives {
+                    Some(domain::drives::find_many(db, &drive_ids).await)
+                } else {
+                    None
+                }
+            },
+        );
+        if let Some(s) = s {
+            let mut map: HashMap<String, Vec<step::Model>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
+            for r in s? {
+                map.entry(r.workflow_template_id.clone()).or_default().push(r);
+            }
+            self.steps_of_template.feed_many(map).await;
+        }
+        if let Some(u) = u {
+            self.users.feed_many(u?.into_iter().map(|r| (r.id.clone(), r))).await;
+        }
+        if let Some(d) = d {
+            self.drives.feed_many(d?.into_iter().map(|r| (r.id.clone(), r))).await;
+        }
+        Ok(())
     }
 }

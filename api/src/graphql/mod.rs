@@ -39,11 +39,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(db: &DatabaseConnection, viewer: Viewer, access: Access) -> Self {
+    /// `cache_rows`: see `Loaders::new`.
+    pub fn new(db: &DatabaseConnection, viewer: Viewer, access: Access, cache_rows: bool) -> Self {
         Self {
             viewer,
             access,
-            loaders: Loaders::new(db),
+            loaders: Loaders::new(db, cache_rows),
             db: db.clone(),
         }
     }

@@ -86,9 +86,13 @@ impl Query {
         let page = templates::list(&r.db, cond.clone(), first, after.as_ref())
             .await
             .map_err(ApiError::from)?;
-        for row in &page.rows {
-            r.loaders.templates.feed_one(row.id.clone(), row.clone()).await;
-        }
+        let look = ctx.look_ahead();
+        let wants =
+            |f: &str| look.field("nodes").field(f).exists() || look.field("edges").field("node").field(f).exists();
+        r.loaders
+            .prefetch_templates(&r.db, &page.rows, wants("steps"), wants("creator"), wants("drive"))
+            .await
+            .map_err(ApiError::from)?;
         let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
             page_info: PageInfo {
