@@ -2,6 +2,9 @@
 //! PostgreSQL database when `TEST_DATABASE_URL` is a `postgres://` URL) and a
 //! real server bound to a free port, built exactly as `workflows serve` builds it.
 
+pub mod agents;
+pub mod ws;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +16,7 @@ pub const SECRET: &str = "test-secret-for-the-suite";
 
 /// Which database the suite runs against.
 pub fn backend_url() -> Option<String> {
-    std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
+    std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.trim().is_empty())
 }
 
 pub fn is_postgres() -> bool {
@@ -37,7 +38,21 @@ impl TestDb {
     pub async fn create() -> Self {
         match backend_url().filter(|u| u.starts_with("postgres")) {
             Some(admin_url) => {
-                let name = format!("wf_test_{}", cuid2::create_id());
+                // Named after the suite's database, so whoever made that one
+                // (CI) can find and drop leftovers by prefix.
+                let base = admin_url
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .split('?')
+                    .next()
+                    .unwrap_or("");
+                let base = if base.is_empty() || base == "postgres" {
+                    "wf_test"
+                } else {
+                    base
+                };
+                let name = format!("{base}_{}", &cuid2::create_id()[..16]);
                 let admin = sea_orm::Database::connect(&admin_url)
                     .await
                     .expect("connect to TEST_DATABASE_URL");
@@ -105,9 +120,7 @@ impl Drop for TestDb {
                         use sea_orm::ConnectionTrait;
                         let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
                         admin
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                            ))
+                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .await
                             .ok()?;
                         admin.close().await.ok()
@@ -135,12 +148,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_with_agents(configure, agents::registry()).await
+    }
+
+    /// A server with the given agents (e.g. ones pointed at a stub provider).
+    pub async fn spawn_with_agents(
+        configure: impl FnOnce(&mut Config),
+        registry: workflows::engine::agents::AgentRegistry,
+    ) -> Self {
         let db = TestDb::create().await;
         let mut config = Config::for_database(db.url.clone());
         config.jwt_secret = Some(SECRET.into());
         config.database_max_connections = 8;
         configure(&mut config);
-        let app = Application::build(config).await.expect("server builds");
+        let app = Application::build_with_agents(config, registry)
+            .await
+            .expect("server builds");
         let base = format!("http://{}", app.addr);
         let state = app.state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,6 +181,11 @@ impl TestApp {
             shutdown: Some(tx),
             _db: db,
         }
+    }
+
+    /// The server's own database connection (statements on it are counted).
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.state.db
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -207,8 +235,7 @@ impl TestApp {
         let resp = req.send().await.expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("not JSON (HTTP {status}): {text}"));
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON (HTTP {status}): {text}"));
         (status, body)
     }
 
@@ -246,8 +273,5 @@ pub fn error_code(body: &Value) -> String {
 }
 
 pub fn error_message(body: &Value) -> String {
-    body["errors"][0]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    body["errors"][0]["message"].as_str().unwrap_or_default().to_owned()
 }

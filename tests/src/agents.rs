@@ -1,0 +1,88 @@
+//! Agents that exist only in the test binary, to drive the runner through
+//! slow calls, retries, timeouts and streaming.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use workflows::engine::agents::{Agent, AgentError, AgentInfo, AgentRegistry, DeltaSink};
+
+/// `slow`: the prompt is a number of milliseconds to wait; returns `{"text": prompt}`.
+struct Slow;
+
+#[async_trait::async_trait]
+impl Agent for Slow {
+    async fn call(&self, prompt: &str, _deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
+        let ms: u64 = prompt
+            .trim()
+            .parse()
+            .map_err(|_| AgentError::Fatal(format!("slow: '{prompt}' is not a number")))?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(json!({ "text": prompt }))
+    }
+}
+
+/// `flaky`: a prompt `N|…` fails (retryably) the first N calls with that
+/// exact prompt, then returns `{"text": prompt, "attempts": calls}`.
+#[derive(Default)]
+struct Flaky {
+    calls: Mutex<HashMap<String, u64>>,
+}
+
+#[async_trait::async_trait]
+impl Agent for Flaky {
+    async fn call(&self, prompt: &str, _deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
+        let failures: u64 = prompt
+            .split('|')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let calls = {
+            let mut map = self.calls.lock().unwrap();
+            let c = map.entry(prompt.to_owned()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        if calls <= failures {
+            return Err(AgentError::Retryable {
+                message: format!("flaky failure {calls}"),
+                retry_after: None,
+            });
+        }
+        Ok(json!({ "text": prompt, "attempts": calls }))
+    }
+}
+
+/// `streamer`: sends the prompt word by word (10 ms apart) as deltas.
+struct Streamer;
+
+#[async_trait::async_trait]
+impl Agent for Streamer {
+    async fn call(&self, prompt: &str, deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
+        let mut text = String::new();
+        for (i, word) in prompt.split(' ').enumerate() {
+            let piece = if i == 0 { word.to_owned() } else { format!(" {word}") };
+            text.push_str(&piece);
+            if let Some(d) = deltas {
+                let _ = d.send(piece);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(json!({ "text": text }))
+    }
+}
+
+/// The built-in agents plus `slow`, `flaky` and `streamer`.
+pub fn registry() -> AgentRegistry {
+    let mut r = AgentRegistry::builtin();
+    let info = |id: &str| AgentInfo {
+        id: id.into(),
+        provider: "test".into(),
+        description: None,
+    };
+    r.insert(info("slow"), Arc::new(Slow));
+    r.insert(info("flaky"), Arc::new(Flaky::default()));
+    r.insert(info("streamer"), Arc::new(Streamer));
+    r
+}

@@ -1,0 +1,483 @@
+//! The `openai` provider against a real HTTP server: an OpenAI-compatible
+//! stub served by axum on a loopback port inside this test binary.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use workflows::engine::agents::AgentRegistry;
+use workflows_tests::TestApp;
+use workflows_tests::ws::{Protocol, WsClient};
+
+use crate::create_drive;
+use crate::create_template;
+use crate::executions::{cancel, execution, start, submit, wait_for};
+
+const KEY: &str = "sk-test-SECRET-4f1c9a";
+
+#[derive(Clone)]
+enum Reply {
+    /// Server-sent events: each piece as a chunk, `delay` apart, then usage and [DONE].
+    Sse { pieces: Vec<&'static str>, delay: Duration },
+    /// A whole JSON answer (a server that ignores `stream`).
+    Json(Value),
+    Status {
+        code: u16,
+        body: &'static str,
+        retry_after: Option<&'static str>,
+    },
+    /// One piece, then nothing until the client goes away.
+    Hang,
+}
+
+#[derive(Default)]
+struct Stub {
+    replies: Mutex<VecDeque<Reply>>,
+    requests: Mutex<Vec<(HeaderMap, Value)>>,
+    /// Set when a client dropped a streaming response before its end.
+    dropped: AtomicBool,
+}
+
+struct DropFlag(Arc<Stub>, bool);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn chunk(v: Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    stub.requests.lock().unwrap().push((headers, body));
+    let reply = stub.replies.lock().unwrap().pop_front();
+    match reply {
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "no reply scripted").into_response(),
+        Some(Reply::Status {
+            code,
+            body,
+            retry_after,
+        }) => {
+            let mut r = (StatusCode::from_u16(code).unwrap(), body.to_owned()).into_response();
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            r
+        }
+        Some(Reply::Json(v)) => axum::Json(v).into_response(),
+        Some(Reply::Sse { pieces, delay }) => {
+            let stream = async_stream::stream! {
+                let mut flag = DropFlag(stub.clone(), false);
+                for p in pieces {
+                    yield Ok::<_, std::convert::Infallible>(chunk(json!({"model": "stub-model", "choices": [{"index": 0, "delta": {"content": p}}]})));
+                    tokio::time::sleep(delay).await;
+                }
+                yield Ok(chunk(json!({"model": "stub-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})));
+                yield Ok("data: [DONE]\n\n".to_owned());
+                flag.1 = true;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Some(Reply::Hang) => {
+            let stream = async_stream::stream! {
+                let _flag = DropFlag(stub.clone(), false);
+                yield Ok::<_, std::convert::Infallible>(chunk(json!({"model": "stub-model", "choices": [{"index": 0, "delta": {"content": "thinking"}}]})));
+                std::future::pending::<()>().await;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+    }
+}
+
+/// Starts the stub; returns it and its base URL (`http://127.0.0.1:port/v1`).
+async fn stub(replies: Vec<Reply>) -> (Arc<Stub>, String) {
+    let stub = Arc::new(Stub::default());
+    stub.replies.lock().unwrap().extend(replies);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (stub, format!("http://{addr}/v1"))
+}
+
+async fn server_with_reviewer(base_url: &str) -> (TestApp, String, String) {
+    let mut registry = AgentRegistry::builtin();
+    registry
+        .add_from_toml(
+            &format!(
+                r#"
+[agents.reviewer]
+provider = "openai"
+base_url = "{base_url}"
+model = "m1"
+api_key_env = "STUB_KEY"
+system_prompt = "You review code for bugs."
+temperature = 0.2
+description = "Reviews code"
+"#
+            ),
+            |name| (name == "STUB_KEY").then(|| KEY.to_owned()),
+        )
+        .unwrap();
+    let app = TestApp::spawn_with_agents(|_| {}, registry).await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "Models").await;
+    (app, owner, drive)
+}
+
+async fn reviewer_template(app: &TestApp, owner: &str, drive: &str, metadata: Value) -> String {
+    let t = create_template(
+        app,
+        owner,
+        drive,
+        json!({"name": "review", "steps": [
+            {"agentId": "echo", "promptTemplate": "start", "requiresUserInput": true},
+            {"agentId": "reviewer", "promptTemplate": "Review {{code}}", "metadata": metadata}
+        ]}),
+    )
+    .await;
+    t["id"].as_str().unwrap().to_owned()
+}
+
+/// Starts a run and gives it its input, so a subscriber can attach first.
+async fn paused_run(app: &TestApp, owner: &str, template: &str) -> String {
+    let id = start(app, owner, template, json!({"code": "fn x() {}"})).await;
+    wait_for(app, owner, &id, "PAUSED").await;
+    id
+}
+
+const EVENTS: &str = "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) {
+  kind sequence delta step { stepOrder status agentOutput } execution { status } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_answer_to_subscribers_and_stores_it_once() {
+    let (stub, url) = stub(vec![Reply::Sse {
+        pieces: vec!["Looks ", "fine", ", ship it."],
+        delay: Duration::from_millis(20),
+    }])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let agents = app
+        .ok(&owner, "{ agents { id provider description } }", json!({}))
+        .await;
+    assert!(
+        agents["agents"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"id": "reviewer", "provider": "openai", "description": "Reviews code"}))
+    );
+
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    let id = paused_run(&app, &owner, &t).await;
+    let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
+    let events: Vec<Value> = ws
+        .collect("1", Duration::from_secs(10))
+        .await
+        .into_iter()
+        .map(|p| p["data"]["workflowExecutionEvents"].clone())
+        .collect();
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "STEP_OUTPUT_DELTA")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, ["Looks ", "fine", ", ship it."]);
+    let e = wait_for(&app, &owner, &id, "COMPLETED").await;
+    let out = &e["steps"][1]["agentOutput"];
+    assert_eq!(out["text"], deltas.concat());
+    assert_eq!(out["model"], "stub-model");
+    assert_eq!(out["usage"]["total_tokens"], 8);
+
+    let requests = stub.requests.lock().unwrap();
+    assert_eq!(requests.len(), 1);
+    let (headers, body) = &requests[0];
+    assert_eq!(headers["authorization"], format!("Bearer {KEY}").as_str());
+    assert_eq!(body["model"], "m1");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    assert_eq!(body["temperature"], 0.2);
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "system", "content": "You review code for bugs."}, {"role": "user", "content": "Review fn x() {}"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_whole_json_answer_when_the_server_does_not_stream() {
+    let (_stub, url) = stub(vec![Reply::Json(json!({
+        "model": "plain-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "No issues."}}],
+        "usage": {"total_tokens": 4}
+    }))])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "COMPLETED").await;
+    assert_eq!(
+        e["steps"][1]["agentOutput"],
+        json!({"text": "No issues.", "model": "plain-model", "usage": {"total_tokens": 4}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_server_errors_and_rate_limits_then_succeeds() {
+    let (stub, url) = stub(vec![
+        Reply::Status {
+            code: 500,
+            body: "oops",
+            retry_after: None,
+        },
+        Reply::Status {
+            code: 429,
+            body: r#"{"error": {"message": "slow down"}}"#,
+            retry_after: Some("0"),
+        },
+        Reply::Sse {
+            pieces: vec!["ok"],
+            delay: Duration::ZERO,
+        },
+    ])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(
+        &app,
+        &owner,
+        &drive,
+        json!({"retry": {"maxAttempts": 3, "backoffMs": 10}}),
+    )
+    .await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "COMPLETED").await;
+    assert_eq!(e["steps"][1]["agentOutput"]["text"], "ok");
+    assert_eq!(stub.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_when_retries_run_out() {
+    let (stub, url) = stub(vec![
+        Reply::Status {
+            code: 503,
+            body: "down",
+            retry_after: None,
+        },
+        Reply::Status {
+            code: 502,
+            body: "still down",
+            retry_after: None,
+        },
+        Reply::Sse {
+            pieces: vec!["too late"],
+            delay: Duration::ZERO,
+        },
+    ])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(
+        &app,
+        &owner,
+        &drive,
+        json!({"retry": {"maxAttempts": 2, "backoffMs": 1}}),
+    )
+    .await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "FAILED").await;
+    let msg = e["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("step 1") && msg.contains("HTTP 502") && msg.contains("2 attempts"),
+        "{msg}"
+    );
+    assert_eq!(stub.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_fails_at_once_with_the_providers_message() {
+    let (stub, url) = stub(vec![
+        Reply::Status {
+            code: 400,
+            body: r#"{"error": {"message": "model 'm1' not found"}}"#,
+            retry_after: None,
+        },
+        Reply::Sse {
+            pieces: vec!["never"],
+            delay: Duration::ZERO,
+        },
+    ])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(
+        &app,
+        &owner,
+        &drive,
+        json!({"retry": {"maxAttempts": 3, "backoffMs": 1}}),
+    )
+    .await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "FAILED").await;
+    let msg = e["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("HTTP 400") && msg.contains("model 'm1' not found"),
+        "{msg}"
+    );
+    assert_eq!(stub.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out() {
+    let (stub, url) = stub(vec![Reply::Hang]).await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, json!({"timeoutMs": 300})).await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "FAILED").await;
+    assert!(
+        e["errorMessage"].as_str().unwrap().contains("timed out after 300 ms"),
+        "{e}"
+    );
+    for _ in 0..100 {
+        if stub.dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the timed-out request was not aborted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_aborts_the_request_in_flight() {
+    let (stub, url) = stub(vec![Reply::Hang]).await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    for _ in 0..200 {
+        if !stub.requests.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stub.dropped.load(Ordering::SeqCst));
+    let r = cancel(&app, &owner, &id).await;
+    assert_eq!(r["data"]["cancelWorkflowExecution"]["status"], "CANCELLED", "{r}");
+    let mut aborted = false;
+    for _ in 0..100 {
+        if stub.dropped.load(Ordering::SeqCst) {
+            aborted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(aborted, "the request in flight was not aborted");
+    let e = execution(&app, &owner, &id).await;
+    assert_eq!(e["steps"][1]["status"], "FAILED");
+    assert_eq!(e["steps"][1]["errorMessage"], "cancelled");
+}
+
+/// Everything the server logs, from the moment this is first called.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let make = move || LogWriter(writer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(make)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_never_stored_logged_or_returned() {
+    let logs = captured_logs();
+    let (_stub, url) = stub(vec![
+        Reply::Sse {
+            pieces: vec!["fine"],
+            delay: Duration::ZERO,
+        },
+        Reply::Status {
+            code: 401,
+            body: r#"{"error": {"message": "bad key"}}"#,
+            retry_after: None,
+        },
+    ])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    for expected in ["COMPLETED", "FAILED"] {
+        let id = paused_run(&app, &owner, &t).await;
+        submit(&app, &owner, &id, json!({})).await;
+        let e = wait_for(&app, &owner, &id, expected).await;
+        assert!(!e.to_string().contains(KEY));
+    }
+    let everything = app
+        .ok(&owner, "{ workflowExecutions { nodes { accumulatedContext errorMessage steps { agentInput agentOutput errorMessage } } } agents { id description provider } }", json!({}))
+        .await;
+    assert!(!everything.to_string().contains(KEY));
+    use sea_orm::EntityTrait;
+    let db = app.db();
+    let dumps = [
+        entity::workflow_execution::Entity::find()
+            .into_json()
+            .all(db)
+            .await
+            .unwrap(),
+        entity::workflow_execution_step::Entity::find()
+            .into_json()
+            .all(db)
+            .await
+            .unwrap(),
+        entity::workflow_step::Entity::find().into_json().all(db).await.unwrap(),
+        entity::user::Entity::find().into_json().all(db).await.unwrap(),
+    ];
+    assert!(dumps[1].len() >= 4, "{dumps:?}");
+    for rows in dumps {
+        assert!(!Value::Array(rows).to_string().contains(KEY), "a row holds the key");
+    }
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(!text.contains(KEY), "a log line holds the key");
+}

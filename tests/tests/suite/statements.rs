@@ -1,0 +1,86 @@
+//! Nested queries cost a constant number of SQL statements, however many
+//! templates a page holds (DataLoaders batch each level).
+
+use serde_json::json;
+use workflows_tests::TestApp;
+
+use crate::{add_member, create_drive, create_template, echo};
+
+const NESTED: &str = "query($d: ID!, $first: Int) {
+  workflowTemplates(driveId: $d, first: $first) {
+    nodes {
+      id name tags
+      creator { id name }
+      drive { id name }
+      steps { id stepOrder agentId promptTemplate }
+    }
+  }
+}";
+
+/// Statements sent for one request (the fewest of three tries, so a
+/// background task of the server cannot inflate the number).
+async fn statements_for(app: &TestApp, token: &str, drive: &str, first: i64) -> (u64, usize) {
+    let mut best = u64::MAX;
+    let mut nodes = 0;
+    for _ in 0..3 {
+        let before = app.statements();
+        let data = app.ok(token, NESTED, json!({ "d": drive, "first": first })).await;
+        let after = app.statements();
+        best = best.min(after - before);
+        let list = data["workflowTemplates"]["nodes"].as_array().unwrap();
+        nodes = list.len();
+        for t in list {
+            assert_eq!(t["steps"].as_array().unwrap().len(), 3, "{t}");
+            assert_eq!(t["drive"]["id"], drive);
+            assert!(t["creator"]["name"].is_string(), "{t}");
+            for (i, s) in t["steps"].as_array().unwrap().iter().enumerate() {
+                assert_eq!(s["stepOrder"], i);
+            }
+        }
+    }
+    (best, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_template_lists_use_a_constant_number_of_statements() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let member = app.user("member").await;
+    let drive = create_drive(&app, &owner, "Big drive").await;
+    add_member(&app, &owner, &drive, "member", "MEMBER").await;
+    for i in 0..50 {
+        // Two creators, so `creator` has more than one user to load.
+        let token = if i % 2 == 0 { &owner } else { &member };
+        create_template(
+            &app,
+            token,
+            &drive,
+            json!({
+                "name": format!("Template {i}"),
+                "tags": ["t", format!("n{i}")],
+                "isPublic": true,
+                "steps": [echo("one"), echo("two {{step_0_output}}"), echo("three {{step_1_output}}")]
+            }),
+        )
+        .await;
+    }
+
+    let (five, n5) = statements_for(&app, &owner, &drive, 5).await;
+    let (fifty, n50) = statements_for(&app, &owner, &drive, 50).await;
+    assert_eq!((n5, n50), (5, 50));
+    println!("statements: first 5 -> {five}, first 50 -> {fifty}");
+    assert_eq!(
+        five, fifty,
+        "statement count grows with the page size (5: {five}, 50: {fifty})"
+    );
+    assert!(
+        fifty <= 6,
+        "{fifty} statements for one nested list (at most 6 expected)"
+    );
+
+    // The same holds for a MEMBER (whose list is filtered by visibility).
+    let (m5, _) = statements_for(&app, &member, &drive, 5).await;
+    let (m50, _) = statements_for(&app, &member, &drive, 50).await;
+    assert_eq!(m5, m50, "member: 5 -> {m5}, 50 -> {m50}");
+    assert!(m50 <= 6, "member: {m50} statements");
+}
