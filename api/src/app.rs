@@ -13,9 +13,11 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
 
@@ -25,7 +27,7 @@ use crate::config::Config;
 use crate::db::{self, StatementCounter};
 use crate::domain::users;
 use crate::engine::agents::AgentRegistry;
-use crate::engine::runner::Engine;
+use crate::engine::runner::{Engine, EngineSettings};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
@@ -40,6 +42,8 @@ pub struct AppState {
     pub schema: AppSchema,
     pub agents: Arc<AgentRegistry>,
     pub engine: Arc<Engine>,
+    /// Cancelled when the server shuts down: WebSocket connections close.
+    pub closing: tokio_util::sync::CancellationToken,
     /// Set when no `JWT_SECRET` was given: a token for the demo user,
     /// prefilled in GraphiQL.
     pub demo_token: Option<String>,
@@ -78,6 +82,7 @@ pub struct Application {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     listener: tokio::net::TcpListener,
+    grace: Duration,
 }
 
 impl Application {
@@ -105,7 +110,12 @@ impl Application {
             crate::demo::seed_if_empty(&db).await?;
         }
         let bus = EventBus::new(1024);
-        let engine = Engine::new(db.clone(), agents.clone(), bus);
+        let settings = EngineSettings {
+            lease: Duration::from_secs(config.lease_seconds.max(1)),
+            sweep: Duration::from_secs(config.sweep_seconds.max(1)),
+        };
+        let engine = Engine::new(db.clone(), agents.clone(), bus, settings);
+        engine.start_background();
         let schema = graphql::build_schema(Some(SchemaData {
             db: db.clone(),
             agents: agents.clone(),
@@ -118,12 +128,18 @@ impl Application {
             schema,
             agents,
             engine,
+            closing: tokio_util::sync::CancellationToken::new(),
             demo_token,
             known_users: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
-        Ok(Self { addr, state, listener })
+        Ok(Self {
+            addr,
+            state,
+            listener,
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
+        })
     }
 
     pub fn router(state: Arc<AppState>) -> Router {
@@ -136,12 +152,33 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops
+    /// accepting requests, closes WebSocket connections with a close frame,
+    /// lets steps in flight finish for up to the grace period, and hands the other
+    /// runs' leases back.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let grace = self.grace;
         let app = Self::router(self.state.clone());
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await
+        let state = self.state.clone();
+        let signal = async move {
+            shutdown.await;
+            state.closing.cancel();
+        };
+        let served = axum::serve(
+            // Small writes (subscription events, short answers) go out at
+            // once instead of waiting on the previous segment's ACK.
+            self.listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(signal)
+        .await;
+        self.state.engine.shutdown(grace).await;
+        served
     }
 }
 
@@ -238,23 +275,60 @@ async fn graphql_ws(
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        let schema = state.schema.clone();
-        GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| async move {
-                let header = token_from_init(&payload);
-                let viewer = state
-                    .keys
-                    .verify_header(header.as_deref())
-                    .map_err(|e| async_graphql::Error::new(e.message()))?;
-                let ctx = state
-                    .request_ctx(viewer, false)
-                    .await
-                    .map_err(|e| async_graphql::Error::new(e.message()))?;
-                let mut data = async_graphql::Data::default();
-                data.insert(ctx);
-                Ok(data)
-            })
-            .serve()
-    })
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // Clients send small messages: an 8 KiB read buffer instead of the
+        // default 128 KiB keeps an idle subscription at a few KiB, and
+        // frames are written as they come rather than gathered.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            use futures::{SinkExt, StreamExt};
+            let schema = state.schema.clone();
+            let closing = state.closing.clone();
+            let (mut socket_tx, socket_rx) = socket.split();
+            // The GraphQL side writes through a channel, so that on shutdown the
+            // connection can still be closed with a proper close frame.
+            let (tx, mut rx) = futures::channel::mpsc::channel::<Message>(16);
+            let writer = tokio::spawn(async move {
+                while let Some(msg) = rx.next().await {
+                    if socket_tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = socket_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "server shutting down".into(),
+                    })))
+                    .await;
+                let _ = socket_tx.close().await;
+            });
+            let input = socket_rx.take_until(closing.clone().cancelled_owned());
+            let tx = tx.sink_map_err(|_| axum::Error::new("websocket writer stopped"));
+            GraphQLWebSocket::new_with_pair(tx, input, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let header = token_from_init(&payload);
+                    let viewer = state
+                        .keys
+                        .verify_header(header.as_deref())
+                        .map_err(|e| async_graphql::Error::new(e.message()))?;
+                    let ctx = state
+                        .request_ctx(viewer, false)
+                        .await
+                        .map_err(|e| async_graphql::Error::new(e.message()))?;
+                    let mut data = async_graphql::Data::default();
+                    data.insert(ctx);
+                    Ok(data)
+                })
+                .serve()
+                .await;
+            if closing.is_cancelled() {
+                let _ = writer.await;
+            } else {
+                // The client went away or the protocol closed it: the close
+                // frame, if any, was already sent.
+                writer.abort();
+            }
+        })
 }

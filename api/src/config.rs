@@ -26,6 +26,20 @@ pub struct Config {
     /// Maximum database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+
+    /// Seconds a lease on a RUNNING execution lasts without renewal; a run
+    /// whose instance died is taken over after about lease + sweep seconds.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+
+    /// Seconds between sweeps for runs whose lease expired.
+    #[arg(long, env = "SWEEP_SECONDS", default_value_t = 5)]
+    pub sweep_seconds: u64,
+
+    /// On SIGTERM/Ctrl-C, seconds steps in flight may take to finish before
+    /// their runs are handed to another instance.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Config {
@@ -37,6 +51,9 @@ impl Config {
             jwt_secret: None,
             agents_file: None,
             database_max_connections: 16,
+            lease_seconds: 30,
+            sweep_seconds: 5,
+            shutdown_grace_seconds: 10,
         }
     }
 }

@@ -84,9 +84,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     println!("GraphiQL: {url}");
     tracing::info!(%url, "listening");
-    app.run_until(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }

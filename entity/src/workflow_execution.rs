@@ -30,6 +30,14 @@ pub struct Model {
     pub error_message: Option<String>,
     /// Number of the last event published for this execution.
     pub sequence: i64,
+    /// Highest event number handed out for streamed output (see the migration).
+    #[sea_orm(column_name = "sequenceReserved")]
+    pub sequence_reserved: i64,
+    /// The instance working on this RUNNING execution, and until when.
+    #[sea_orm(column_name = "leaseOwner")]
+    pub lease_owner: Option<String>,
+    #[sea_orm(column_name = "leaseExpiresAt")]
+    pub lease_expires_at: Option<DateTime>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_tables;
 mod m20261129_000002_execution_runtime;
+mod m20261129_000003_leases;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_tables::Migration),
             Box::new(m20261129_000002_execution_runtime::Migration),
+            Box::new(m20261129_000003_leases::Migration),
         ]
     }
 }

@@ -3,6 +3,8 @@
 //! real server bound to a free port, built exactly as `workflows serve` builds it.
 
 pub mod agents;
+pub mod process;
+pub mod stub;
 pub mod ws;
 
 use std::sync::Arc;

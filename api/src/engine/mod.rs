@@ -4,4 +4,5 @@ pub mod agents;
 pub mod condition;
 pub mod definition;
 pub mod prompt;
+pub mod relay;
 pub mod runner;

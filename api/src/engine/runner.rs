@@ -6,22 +6,35 @@
 //! persisted `sequence`, and only after it commits is published on the bus.
 //! Within this process, one lock per execution orders writes, streamed
 //! deltas and snapshots, so subscribers see sequences without gaps.
+//!
+//! Across instances (PostgreSQL), a RUNNING execution is worked on by the
+//! instance holding its lease (`leaseOwner`, `leaseExpiresAt`), renewed while
+//! it works; every write of the runner is fenced on owning the lease. A sweep
+//! takes over runs whose lease expired, re-running a step that was RUNNING
+//! (at least once) and never a COMPLETED or SKIPPED one. Events reach other
+//! instances through the relay (LISTEN/NOTIFY).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use entity::{ExecutionStatus, StepStatus};
 use entity::{workflow_execution as execution, workflow_execution_step as exec_step, workflow_template as template};
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    Statement, TransactionTrait,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::agents::{AgentError, AgentRegistry};
 use super::definition::StepDefinition;
+use super::relay::{self, Note, Relay};
 use super::{condition, prompt};
 use crate::domain::{self, new_id, now, validation};
 use crate::error::{ApiError, ApiResult};
@@ -53,6 +66,9 @@ struct ExecPatch {
     completed_at: Option<NaiveDateTime>,
     failed_at: Option<NaiveDateTime>,
     error_message: Option<String>,
+    /// `Some(Some(until))`: this instance holds the lease until then;
+    /// `Some(None)`: nobody does (paused, finished, or handed back).
+    lease: Option<Option<NaiveDateTime>>,
 }
 
 /// Changes to one execution step row.
@@ -70,6 +86,8 @@ struct StepPatch {
 struct Change {
     /// Applied only while the execution has one of these statuses.
     expect: &'static [ExecutionStatus],
+    /// Applied only while this instance holds the lease (the runner's writes).
+    owned: bool,
     exec: ExecPatch,
     step: Option<(usize, StepPatch)>,
     /// Events to publish, in order, once committed.
@@ -79,7 +97,24 @@ struct Change {
 enum AgentOutcome {
     Done(Value),
     Failed(String),
-    Cancelled,
+    /// Cancelled, or the instance is stopping: write nothing more.
+    Stopped,
+}
+
+/// How long leases last and how often they are swept and renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    pub lease: Duration,
+    pub sweep: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            sweep: Duration::from_secs(5),
+        }
+    }
 }
 
 pub struct Engine {
@@ -87,20 +122,54 @@ pub struct Engine {
     agents: Arc<AgentRegistry>,
     bus: EventBus,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// This instance's id, written as `leaseOwner`.
+    instance: String,
+    settings: EngineSettings,
+    /// Set on shutdown: finish the step in flight, start no other.
+    stopping: CancellationToken,
+    /// Set when the grace period is over: abandon steps in flight.
+    abandon: CancellationToken,
+    runners: TaskTracker,
+    relay: Option<Arc<Relay>>,
 }
 
 impl Engine {
-    pub fn new(db: DatabaseConnection, agents: Arc<AgentRegistry>, bus: EventBus) -> Arc<Self> {
+    pub fn new(
+        db: DatabaseConnection,
+        agents: Arc<AgentRegistry>,
+        bus: EventBus,
+        settings: EngineSettings,
+    ) -> Arc<Self> {
+        let instance = new_id();
+        let relay = (db.get_database_backend() == DbBackend::Postgres).then(|| Relay::new(instance.clone()));
         Arc::new(Self {
             db,
             agents,
             bus,
             live: Mutex::new(HashMap::new()),
+            instance,
+            settings,
+            stopping: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            runners: TaskTracker::new(),
+            relay,
         })
     }
 
     pub fn bus(&self) -> &EventBus {
         &self.bus
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn relay(&self) -> Option<&Arc<Relay>> {
+        self.relay.as_ref()
+    }
+
+    fn lease_until(&self) -> NaiveDateTime {
+        now() + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30))
     }
 
     fn live(&self, id: &str) -> Arc<Live> {
@@ -141,7 +210,12 @@ impl Engine {
     /// false (and writes nothing) when the execution's status no longer
     /// allows it.
     async fn apply(&self, seq: &mut Option<i64>, state: &mut RunState, change: Change) -> Result<bool, DbErr> {
-        let base = seq.unwrap_or(0).max(state.exec.sequence);
+        // This instance's own count when it has one; otherwise the stored
+        // one, above anything a previous owner may have handed out.
+        let base = match *seq {
+            Some(n) => n.max(state.exec.sequence),
+            None => state.exec.sequence.max(state.exec.sequence_reserved),
+        };
         let new_seq = base + change.events.len() as i64;
         let at = now();
         let p = &change.exec;
@@ -153,17 +227,22 @@ impl Engine {
             completed_at: p.completed_at.map_or(NotSet, |t| Set(Some(t))),
             failed_at: p.failed_at.map_or(NotSet, |t| Set(Some(t))),
             error_message: p.error_message.clone().map_or(NotSet, |m| Set(Some(m))),
+            lease_owner: p.lease.map_or(NotSet, |l| Set(l.map(|_| self.instance.clone()))),
+            lease_expires_at: p.lease.map_or(NotSet, Set),
             sequence: Set(new_seq),
+            sequence_reserved: Set(new_seq),
             updated_at: Set(at),
             ..Default::default()
         };
         let txn = self.db.begin().await?;
-        let res = execution::Entity::update_many()
+        let mut update = execution::Entity::update_many()
             .set(exec_row)
             .filter(execution::Column::Id.eq(state.exec.id.clone()))
-            .filter(execution::Column::Status.is_in(change.expect.iter().copied()))
-            .exec(&txn)
-            .await?;
+            .filter(execution::Column::Status.is_in(change.expect.iter().copied()));
+        if change.owned {
+            update = update.filter(execution::Column::LeaseOwner.eq(self.instance.clone()));
+        }
+        let res = update.exec(&txn).await?;
         if res.rows_affected == 0 {
             txn.rollback().await?;
             return Ok(false);
@@ -211,7 +290,12 @@ impl Engine {
         if p.error_message.is_some() {
             e.error_message = p.error_message.clone();
         }
+        if let Some(l) = p.lease {
+            e.lease_owner = l.map(|_| self.instance.clone());
+            e.lease_expires_at = l;
+        }
         e.sequence = new_seq;
+        e.sequence_reserved = new_seq;
         e.updated_at = at;
         let mut changed_step = None;
         if let Some((idx, sp)) = change.step {
@@ -242,7 +326,7 @@ impl Engine {
         }
         *seq = Some(new_seq);
         for (i, kind) in change.events.iter().enumerate() {
-            self.bus.publish(ExecutionEvent {
+            let event = ExecutionEvent {
                 kind: *kind,
                 sequence: base + i as i64 + 1,
                 at,
@@ -254,7 +338,9 @@ impl Engine {
                     None
                 },
                 delta: None,
-            });
+            };
+            self.tell_others(&event).await;
+            self.bus.publish(event);
         }
         if state.exec.status.is_terminal() {
             self.forget(&state.exec.id);
@@ -289,6 +375,9 @@ impl Engine {
             failed_at: None,
             error_message: None,
             sequence: 1,
+            sequence_reserved: 0,
+            lease_owner: Some(self.instance.clone()),
+            lease_expires_at: Some(self.lease_until()),
             created_at: at,
             updated_at: at,
         };
@@ -323,7 +412,7 @@ impl Engine {
         {
             let mut seq = live.seq.lock().await;
             *seq = Some(1);
-            self.bus.publish(ExecutionEvent {
+            let event = ExecutionEvent {
                 kind: EventKind::ExecutionUpdated,
                 sequence: 1,
                 at,
@@ -331,7 +420,9 @@ impl Engine {
                 steps: Arc::new(records),
                 step: None,
                 delta: None,
-            });
+            };
+            self.tell_others(&event).await;
+            self.bus.publish(event);
         }
         self.spawn(exec.id.clone());
         Ok(exec)
@@ -339,7 +430,7 @@ impl Engine {
 
     fn spawn(self: &Arc<Self>, id: String) {
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.runners.spawn(async move {
             let live = engine.live(&id);
             if live.runner.swap(true, Ordering::SeqCst) {
                 return; // Already being worked on in this process.
@@ -381,9 +472,11 @@ impl Engine {
                 &mut state,
                 Change {
                     expect: &[ExecutionStatus::Paused],
+                    owned: false,
                     exec: ExecPatch {
                         status: Some(ExecutionStatus::Running),
                         context: Some(context),
+                        lease: Some(Some(self.lease_until())),
                         ..Default::default()
                     },
                     step: Some((
@@ -420,12 +513,23 @@ impl Engine {
                 status_name(state.exec.status)
             )));
         }
+        if let (ExecutionStatus::Running, Some(owner), Some(until)) =
+            (state.exec.status, &state.exec.lease_owner, state.exec.lease_expires_at)
+        {
+            if owner != &self.instance && until > now() {
+                // Another live instance runs it: it alone numbers its events.
+                drop(seq);
+                return Box::pin(self.cancel_elsewhere(id)).await;
+            }
+        }
         let at = now();
         let running = state.steps.iter().position(|s| s.status == StepStatus::Running);
         let change = Change {
             expect: &[ExecutionStatus::Running, ExecutionStatus::Paused],
+            owned: false,
             exec: ExecPatch {
                 status: Some(ExecutionStatus::Cancelled),
+                lease: Some(None),
                 ..Default::default()
             },
             step: running.map(|idx| {
@@ -459,7 +563,10 @@ impl Engine {
         let state = self.load(id).await?;
         let result = state.map(|s| ExecutionEvent {
             kind: EventKind::Snapshot,
-            sequence: seq.unwrap_or(0).max(s.exec.sequence),
+            sequence: seq
+                .unwrap_or(0)
+                .max(s.exec.sequence)
+                .max(self.relay.as_ref().and_then(|r| r.heard(id)).unwrap_or(0)),
             at: now(),
             execution: s.exec,
             steps: s.steps,
@@ -506,8 +613,10 @@ impl Engine {
             state,
             Change {
                 expect: &[ExecutionStatus::Running],
+                owned: true,
                 exec: ExecPatch {
                     status: Some(ExecutionStatus::Failed),
+                    lease: Some(None),
                     failed_at: Some(at),
                     error_message: Some(message.clone()),
                     ..Default::default()
@@ -536,6 +645,10 @@ impl Engine {
             if state.exec.status != ExecutionStatus::Running || live.cancel.is_cancelled() {
                 return Ok(());
             }
+            if self.stopping.is_cancelled() {
+                // Shutting down: the lease is handed back for another instance.
+                return Ok(());
+            }
             let Some(idx) = state
                 .steps
                 .iter()
@@ -548,9 +661,11 @@ impl Engine {
                     &mut state,
                     Change {
                         expect: &[ExecutionStatus::Running],
+                        owned: true,
                         exec: ExecPatch {
                             status: Some(ExecutionStatus::Completed),
                             completed_at: Some(at),
+                            lease: Some(None),
                             ..Default::default()
                         },
                         step: None,
@@ -586,9 +701,11 @@ impl Engine {
                                 &mut state,
                                 Change {
                                     expect: &[ExecutionStatus::Running],
+                                    owned: true,
                                     exec: ExecPatch {
                                         current_step_order: next_order.map(Some),
                                         status: done.then_some(ExecutionStatus::Completed),
+                                        lease: done.then_some(None),
                                         completed_at: done.then_some(at),
                                         ..Default::default()
                                     },
@@ -632,8 +749,10 @@ impl Engine {
                     &mut state,
                     Change {
                         expect: &[ExecutionStatus::Running],
+                        owned: true,
                         exec: ExecPatch {
                             status: Some(ExecutionStatus::Paused),
+                            lease: Some(None),
                             paused_at: Some(now()),
                             current_step_order: Some(Some(order)),
                             ..Default::default()
@@ -679,6 +798,7 @@ impl Engine {
                     &mut state,
                     Change {
                         expect: &[ExecutionStatus::Running],
+                        owned: true,
                         exec: ExecPatch {
                             current_step_order: Some(Some(order)),
                             ..Default::default()
@@ -704,7 +824,7 @@ impl Engine {
                 .call_agent(live, &mut state, idx, agent.as_ref(), &def, &rendered)
                 .await?
             {
-                AgentOutcome::Cancelled => return Ok(()),
+                AgentOutcome::Stopped => return Ok(()),
                 AgentOutcome::Failed(cause) => {
                     self.fail(live, &mut state, idx, format!("agent '{}': {cause}", def.agent_id))
                         .await?;
@@ -723,10 +843,12 @@ impl Engine {
                             &mut state,
                             Change {
                                 expect: &[ExecutionStatus::Running],
+                                owned: true,
                                 exec: ExecPatch {
                                     context: Some(context),
                                     current_step_order: next_order.map(Some),
                                     status: done.then_some(ExecutionStatus::Completed),
+                                    lease: done.then_some(None),
                                     completed_at: done.then_some(at),
                                     ..Default::default()
                                 },
@@ -784,10 +906,11 @@ impl Engine {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Cancelled),
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
+                        _ = self.abandon.cancelled() => return Ok(AgentOutcome::Stopped),
                         Some(piece) = rx.recv() => {
                             streamed = true;
-                            self.publish_delta(live, state, idx, piece).await;
+                            self.publish_delta(live, state, idx, piece).await?;
                         }
                         r = &mut call => break r,
                         _ = &mut deadline => break Err(AgentError::Retryable {
@@ -800,7 +923,7 @@ impl Engine {
             // Pieces sent just before the call returned.
             while let Ok(piece) = rx.try_recv() {
                 streamed = true;
-                self.publish_delta(live, state, idx, piece).await;
+                self.publish_delta(live, state, idx, piece).await?;
             }
             match result {
                 Ok(output) => return Ok(AgentOutcome::Done(output)),
@@ -817,7 +940,7 @@ impl Engine {
                     let wait = retry_after.unwrap_or(policy.backoff).max(policy.backoff);
                     tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
                     tokio::select! {
-                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Cancelled),
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     if streamed {
@@ -829,6 +952,7 @@ impl Engine {
                                 state,
                                 Change {
                                     expect: &[ExecutionStatus::Running],
+                                    owned: true,
                                     exec: ExecPatch::default(),
                                     step: Some((
                                         idx,
@@ -842,7 +966,7 @@ impl Engine {
                             )
                             .await?;
                         if !applied {
-                            return Ok(AgentOutcome::Cancelled);
+                            return Ok(AgentOutcome::Stopped);
                         }
                     }
                     attempt += 1;
@@ -851,20 +975,357 @@ impl Engine {
         }
     }
 
-    async fn publish_delta(&self, live: &Live, state: &mut RunState, idx: usize, piece: String) {
-        let mut seq = live.seq.lock().await;
-        let next = seq.unwrap_or(0).max(state.exec.sequence) + 1;
-        *seq = Some(next);
-        Arc::make_mut(&mut state.exec).sequence = next;
-        self.bus.publish(ExecutionEvent {
-            kind: EventKind::StepOutputDelta,
-            sequence: next,
-            at: now(),
-            execution: state.exec.clone(),
-            steps: state.steps.clone(),
-            step: Some(state.steps[idx].clone()),
-            delta: Some(piece),
+    async fn publish_delta(&self, live: &Live, state: &mut RunState, idx: usize, piece: String) -> Result<(), DbErr> {
+        for part in relay::split_delta(piece) {
+            let mut seq = live.seq.lock().await;
+            let next = seq.unwrap_or(0).max(state.exec.sequence) + 1;
+            if next > state.exec.sequence_reserved {
+                // Deltas are not stored; reserve their numbers in blocks so an
+                // instance taking over never hands out one already seen.
+                let reserved = next + 63;
+                execution::Entity::update_many()
+                    .set(execution::ActiveModel {
+                        sequence_reserved: Set(reserved),
+                        ..Default::default()
+                    })
+                    .filter(execution::Column::Id.eq(state.exec.id.clone()))
+                    .filter(execution::Column::LeaseOwner.eq(self.instance.clone()))
+                    .exec(&self.db)
+                    .await?;
+                Arc::make_mut(&mut state.exec).sequence_reserved = reserved;
+            }
+            *seq = Some(next);
+            Arc::make_mut(&mut state.exec).sequence = next;
+            let event = ExecutionEvent {
+                kind: EventKind::StepOutputDelta,
+                sequence: next,
+                at: now(),
+                execution: state.exec.clone(),
+                steps: state.steps.clone(),
+                step: Some(state.steps[idx].clone()),
+                delta: Some(part),
+            };
+            self.tell_others(&event).await;
+            self.bus.publish(event);
+        }
+        Ok(())
+    }
+
+    /// Sends the event to other instances (PostgreSQL only).
+    async fn tell_others(&self, event: &ExecutionEvent) {
+        if let Some(relay) = &self.relay {
+            self.notify(&Note::of(&relay.instance, event)).await;
+        }
+    }
+
+    async fn notify(&self, note: &Note) {
+        let payload = serde_json::to_string(note).expect("note serializes");
+        let stmt = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [relay::CHANNEL.into(), payload.into()],
+        );
+        if let Err(e) = self.db.execute_raw(stmt).await {
+            tracing::warn!(error = %e, "could not notify other instances");
+        }
+    }
+
+    /// Asks the instance running `id` to cancel it and waits for the result;
+    /// if that instance is gone (its lease runs out), takes the run over and
+    /// cancels it here.
+    async fn cancel_elsewhere(self: &Arc<Self>, id: &str) -> ApiResult<execution::Model> {
+        if let Some(relay) = &self.relay {
+            let note = Note {
+                i: relay.instance.clone(),
+                e: id.to_owned(),
+                d: String::new(),
+                s: 0,
+                k: 'C',
+                t: None,
+                x: None,
+            };
+            self.notify(&note).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.lease + Duration::from_secs(2);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(exec) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await? else {
+                return Err(ApiError::not_found("workflow execution", id));
+            };
+            match exec.status {
+                ExecutionStatus::Cancelled => return Ok(exec),
+                s if s.is_terminal() => {
+                    return Err(ApiError::Conflict(format!(
+                        "the execution has already finished ({})",
+                        status_name(s)
+                    )));
+                }
+                _ => {}
+            }
+            let expired = exec.lease_expires_at.is_none_or(|t| t <= now());
+            if expired || tokio::time::Instant::now() >= deadline {
+                // Whoever ran it is gone: take it over, then cancel it here.
+                self.claim(id).await?;
+                self.forget(id);
+                return Box::pin(self.cancel(id)).await;
+            }
+        }
+    }
+
+    /// Takes the lease of a RUNNING execution whose lease expired.
+    async fn claim(&self, id: &str) -> Result<bool, DbErr> {
+        let res = execution::Entity::update_many()
+            .set(execution::ActiveModel {
+                lease_owner: Set(Some(self.instance.clone())),
+                lease_expires_at: Set(Some(self.lease_until())),
+                ..Default::default()
+            })
+            .filter(execution::Column::Id.eq(id))
+            .filter(execution::Column::Status.eq(ExecutionStatus::Running))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(execution::Column::LeaseExpiresAt.is_null())
+                    .add(execution::Column::LeaseExpiresAt.lte(now())),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Starts the background work: renewing this instance's leases, sweeping
+    /// for runs nobody works on, and (PostgreSQL) relaying other instances'
+    /// events. On SQLite (one process per file) every RUNNING run is taken
+    /// over at once, since the process that ran it is gone.
+    pub fn start_background(self: &Arc<Self>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let every = engine.settings.lease / 3;
+            loop {
+                tokio::select! {
+                    _ = engine.stopping.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = engine.renew().await {
+                    tracing::warn!(error = %e, "renewing leases failed");
+                }
+            }
         });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                match engine
+                    .sweep(first && engine.db.get_database_backend() == DbBackend::Sqlite)
+                    .await
+                {
+                    Ok(ids) => {
+                        for id in ids {
+                            tracing::info!(execution = %id, "taking over a run nobody was working on");
+                            engine.forget(&id);
+                            engine.spawn(id);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweeping for orphaned runs failed"),
+                }
+                first = false;
+                tokio::select! {
+                    _ = engine.stopping.cancelled() => return,
+                    _ = tokio::time::sleep(engine.settings.sweep) => {}
+                }
+            }
+        });
+        if self.relay.is_some() {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.listen().await });
+        }
+    }
+
+    async fn renew(&self) -> Result<(), DbErr> {
+        execution::Entity::update_many()
+            .set(execution::ActiveModel {
+                lease_expires_at: Set(Some(self.lease_until())),
+                ..Default::default()
+            })
+            .filter(execution::Column::LeaseOwner.eq(self.instance.clone()))
+            .filter(execution::Column::Status.eq(ExecutionStatus::Running))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims up to 100 RUNNING executions whose lease expired (or all
+    /// RUNNING ones when `all`); returns their ids.
+    async fn sweep(&self, all: bool) -> Result<Vec<String>, DbErr> {
+        if self.stopping.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let backend = self.db.get_database_backend();
+        let expired = if all {
+            ""
+        } else {
+            r#"AND ("leaseExpiresAt" IS NULL OR "leaseExpiresAt" < {now})"#
+        };
+        let (sql, values): (String, Vec<sea_orm::Value>) = match backend {
+            DbBackend::Postgres => (
+                format!(
+                    r#"UPDATE workflow_executions SET "leaseOwner" = $1, "leaseExpiresAt" = $2
+                       WHERE id IN (SELECT id FROM workflow_executions WHERE status = 'running' {}
+                                    ORDER BY "updatedAt" LIMIT 100 FOR UPDATE SKIP LOCKED)
+                       RETURNING id"#,
+                    expired.replace("{now}", "$3")
+                ),
+                vec![self.instance.clone().into(), self.lease_until().into(), now().into()],
+            ),
+            _ => (
+                format!(
+                    r#"UPDATE workflow_executions SET "leaseOwner" = ?, "leaseExpiresAt" = ?
+                       WHERE id IN (SELECT id FROM workflow_executions WHERE status = 'running' {}
+                                    ORDER BY "updatedAt" LIMIT 100)
+                       RETURNING id"#,
+                    expired.replace("{now}", "?")
+                ),
+                vec![self.instance.clone().into(), self.lease_until().into(), now().into()],
+            ),
+        };
+        let values = if all { values[..2].to_vec() } else { values };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        rows.iter().map(|r| r.try_get::<String>("", "id")).collect()
+    }
+
+    /// Receives other instances' notes and republishes what local
+    /// subscribers follow; carries out cancel requests for runs this
+    /// instance owns.
+    async fn listen(self: Arc<Self>) {
+        let relay = self.relay.clone().expect("listen runs on PostgreSQL");
+        let pool = self.db.get_postgres_connection_pool().clone();
+        loop {
+            let mut listener = match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event relay: cannot connect; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(relay::CHANNEL).await {
+                tracing::warn!(error = %e, "event relay: LISTEN failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Anything sent while not listening is lost: streams resync.
+            relay.missed_some();
+            loop {
+                let received = tokio::select! {
+                    _ = self.stopping.cancelled() => return,
+                    r = listener.try_recv() => r,
+                };
+                match received {
+                    Ok(Some(n)) => {
+                        if let Ok(note) = serde_json::from_str::<Note>(n.payload()) {
+                            if note.i != relay.instance {
+                                self.receive(&relay, note).await;
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("event relay: connection lost; reconnecting");
+                        relay.missed_some();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event relay failed; reconnecting");
+                        relay.missed_some();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn receive(self: &Arc<Self>, relay: &Arc<Relay>, note: Note) {
+        if note.k == 'C' {
+            let owned = self
+                .live
+                .lock()
+                .expect("live lock")
+                .get(&note.e)
+                .is_some_and(|l| l.runner.load(Ordering::SeqCst));
+            if owned {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.cancel(&note.e).await {
+                        tracing::info!(execution = %note.e, error = ?e, "cancel requested by another instance");
+                    }
+                });
+            }
+            return;
+        }
+        let Some(kind) = note.kind() else { return };
+        // A run finished elsewhere while this instance still works on it
+        // (it lost its lease): stop here.
+        if kind == EventKind::ExecutionUpdated {
+            if let Some(live) = self.live.lock().expect("live lock").get(&note.e) {
+                if live.runner.load(Ordering::SeqCst) {
+                    live.cancel.cancel();
+                }
+            }
+        }
+        relay.record(&note.e, note.s);
+        if !relay.follows(&note) {
+            return;
+        }
+        let state = match self.load(&note.e).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "event relay: reading the execution failed");
+                relay.missed_some();
+                return;
+            }
+        };
+        let step = note
+            .t
+            .as_ref()
+            .and_then(|t| state.steps.iter().find(|s| &s.id == t).cloned());
+        self.bus.publish(ExecutionEvent {
+            kind,
+            sequence: note.s,
+            at: now(),
+            execution: state.exec,
+            steps: state.steps,
+            step,
+            delta: note.x,
+        });
+    }
+
+    /// Stops taking new work, lets steps in flight finish for up to `grace`,
+    /// then abandons the rest and hands their leases back so another
+    /// instance takes them over at once.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.cancel();
+        self.runners.close();
+        if tokio::time::timeout(grace, self.runners.wait()).await.is_err() {
+            tracing::warn!("steps still running after the grace period are handed to other instances");
+            self.abandon.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.runners.wait()).await;
+        }
+        let released = execution::Entity::update_many()
+            .set(execution::ActiveModel {
+                lease_owner: Set(None),
+                lease_expires_at: Set(None),
+                ..Default::default()
+            })
+            .filter(execution::Column::LeaseOwner.eq(self.instance.clone()))
+            .filter(execution::Column::Status.eq(ExecutionStatus::Running))
+            .exec(&self.db)
+            .await;
+        match released {
+            Ok(r) if r.rows_affected > 0 => tracing::info!(runs = r.rows_affected, "handed back leases"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not hand back leases"),
+        }
     }
 }
 

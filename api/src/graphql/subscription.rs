@@ -80,10 +80,14 @@ impl Subscription {
         if !exec.as_ref().is_some_and(|e| r.access.can_see_execution(e)) {
             return Err(ApiError::not_found("workflow execution", &id).into());
         }
-        // Subscribe before reading the snapshot so no change falls between.
+        // Follow events from other instances, and subscribe, before reading
+        // the snapshot so no change falls between.
+        let watch = engine.relay().map(|r| r.watch_execution(&id));
+        let mut resyncs = engine.relay().map(|r| r.resyncs());
         let mut rx = engine.bus().subscribe();
         let first = engine.snapshot(&id).await.map_err(ApiError::from)?;
         Ok(async_stream::stream! {
+            let _watch = watch;
             let Some(first) = first else { return };
             let mut last = first.sequence;
             let done = first.execution.status.is_terminal();
@@ -92,7 +96,26 @@ impl Subscription {
                 return;
             }
             loop {
-                let resync = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => Some(r),
+                    _ = resynced(&mut resyncs) => None,
+                };
+                let Some(received) = received else {
+                    // Events from other instances may have been missed.
+                    match engine.snapshot(&id).await {
+                        Ok(Some(snap)) => {
+                            last = snap.sequence;
+                            let done = snap.execution.status.is_terminal();
+                            yield WorkflowExecutionEvent(Arc::new(snap));
+                            if done {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                    continue;
+                };
+                let resync = match received {
                     Ok(ev) if ev.execution.id != id => continue,
                     Ok(ev) if ev.sequence <= last => continue,
                     Ok(ev) if ev.sequence == last + 1 => {
@@ -142,8 +165,10 @@ impl Subscription {
         }
         let access = r.access.snapshot();
         let drive = drive_id.0;
+        let watch = engine.relay().map(|r| r.watch_drive(&drive));
         let mut rx = engine.bus().subscribe();
         Ok(async_stream::stream! {
+            let _watch = watch;
             // Last sequence forwarded per execution, to send nothing twice.
             let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
             loop {
@@ -180,5 +205,17 @@ impl Subscription {
                 }
             }
         })
+    }
+}
+
+/// Resolves when the relay says events may have been missed; never without a relay.
+async fn resynced(resyncs: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match resyncs {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod executions;
+mod instances;
 mod openai;
 mod permissions;
 mod schema_db;

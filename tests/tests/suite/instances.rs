@@ -1,0 +1,320 @@
+//! Several `workflows` processes on one database, crashes and restarts:
+//! runs are never lost, events reach every instance in order, and a step
+//! that completed never runs again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use workflows_tests::process::{ServerProcess, token};
+use workflows_tests::stub::{Reply, Stub, stub};
+use workflows_tests::ws::{Incoming, Protocol, WsClient};
+use workflows_tests::{TestDb, is_postgres};
+
+const FAST: [(&str, &str); 2] = [("LEASE_SECONDS", "3"), ("SWEEP_SECONDS", "1")];
+
+const EXECUTION: &str = "query($id: ID!) { workflowExecution(id: $id) {
+  status errorMessage steps { stepOrder status startedAt completedAt agentOutput } } }";
+
+const EVENTS: &str = "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) {
+  kind sequence delta execution { status } step { stepOrder status } } }";
+
+/// An agents file with `slowpoke`, an `openai` agent backed by the stub.
+fn agents_file(url: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("workflows-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("agents-{}.toml", &cuid2::create_id()[..10]));
+    std::fs::write(
+        &path,
+        format!(
+            "[agents.slowpoke]\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"m\"\ndescription = \"stub\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn pieces(n: usize, delay_ms: u64) -> Reply {
+    let words: Vec<&'static str> = ["one ", "two ", "three ", "four ", "five ", "six ", "seven ", "eight "]
+        .into_iter()
+        .cycle()
+        .take(n)
+        .collect();
+    Reply::Sse {
+        pieces: words,
+        delay: Duration::from_millis(delay_ms),
+    }
+}
+
+/// A drive and a template; returns (owner token, template id).
+async fn template(server: &ServerProcess, steps: Value) -> (String, String) {
+    let owner = token("owner");
+    let d = server
+        .ok(
+            &owner,
+            "mutation { createDrive(input: { name: \"d\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let t = server
+        .ok(
+            &owner,
+            "mutation($i: CreateWorkflowTemplateInput!) { createWorkflowTemplate(input: $i) { id } }",
+            json!({"i": {"driveId": d["createDrive"]["id"], "name": "t", "isPublic": true, "steps": steps}}),
+        )
+        .await;
+    (owner, t["createWorkflowTemplate"]["id"].as_str().unwrap().to_owned())
+}
+
+async fn start(server: &ServerProcess, owner: &str, template: &str, context: Value) -> String {
+    let r = server
+        .ok(
+            owner,
+            "mutation($t: ID!, $c: JSON) { startWorkflowExecution(templateId: $t, context: $c) { id } }",
+            json!({"t": template, "c": context}),
+        )
+        .await;
+    r["startWorkflowExecution"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn execution(server: &ServerProcess, owner: &str, id: &str) -> Value {
+    server.ok(owner, EXECUTION, json!({"id": id})).await["workflowExecution"].clone()
+}
+
+async fn wait_for(server: &ServerProcess, owner: &str, id: &str, status: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let e = execution(server, owner, id).await;
+        if e["status"] == status {
+            return e;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("execution {id} is {} after {within:?}, not {status}: {e}", e["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_requests(stub: &Arc<Stub>, n: usize) {
+    for _ in 0..400 {
+        if stub.request_count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the stub never got {n} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_instance_sees_a_run_on_another_in_order() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(6, 150)]).await;
+    let agents = agents_file(&url);
+    let a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([
+            {"agentId": "slowpoke", "promptTemplate": "think about {{topic}}"},
+            {"agentId": "echo", "promptTemplate": "ask", "requiresUserInput": true},
+            {"agentId": "echo", "promptTemplate": "done with {{step_1_input.answer}}"}
+        ]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({"topic": "leases"})).await;
+    wait_requests(&stub, 1).await;
+
+    let mut ws = WsClient::connect_with_token(&b.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    let mut events = Vec::new();
+    let mut submitted = false;
+    loop {
+        match ws.next("1", Duration::from_secs(20)).await {
+            Some(Incoming::Next(p)) => {
+                let e = p["data"]["workflowExecutionEvents"].clone();
+                assert!(p.get("errors").is_none(), "{p}");
+                let paused = e["execution"]["status"] == "PAUSED";
+                events.push(e);
+                if paused && !submitted {
+                    submitted = true;
+                    let r = b
+                        .gql(
+                            &owner,
+                            "mutation($e: ID!) { submitWorkflowUserInput(executionId: $e, input: { answer: \"yes\" }) { status } }",
+                            json!({"e": id}),
+                        )
+                        .await;
+                    assert!(r.get("errors").is_none(), "{r}");
+                }
+            }
+            Some(Incoming::Complete) => break,
+            other => {
+                let state = execution(&a, &owner, &id).await;
+                panic!(
+                    "unexpected {other:?} after {events:?}\nstate: {state}\nA:\n{}\nB:\n{}",
+                    a.log_text(),
+                    b.log_text()
+                )
+            }
+        }
+    }
+    // Every event follows the one before by one; only a SNAPSHOT (a resync)
+    // may jump ahead, never back.
+    let seqs: Vec<(i64, bool)> = events
+        .iter()
+        .map(|e| (e["sequence"].as_i64().unwrap(), e["kind"] == "SNAPSHOT"))
+        .collect();
+    assert!(
+        seqs.windows(2)
+            .all(|w| if w[1].1 { w[1].0 >= w[0].0 } else { w[1].0 == w[0].0 + 1 }),
+        "gaps or disorder: {seqs:?}"
+    );
+    assert_eq!(events[0]["kind"], "SNAPSHOT");
+    assert!(
+        events.iter().any(|e| e["kind"] == "STEP_OUTPUT_DELTA"),
+        "no delta crossed instances: {events:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["kind"].as_str(), last["execution"]["status"].as_str()),
+        (Some("EXECUTION_UPDATED"), Some("COMPLETED"))
+    );
+    let e = execution(&a, &owner, &id).await;
+    assert_eq!(e["steps"][2]["agentOutput"]["text"], "done with yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_s_run_is_finished_by_another() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(40, 250), pieces(2, 0)]).await;
+    let agents = agents_file(&url);
+    let mut a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "echo", "promptTemplate": "first"}, {"agentId": "slowpoke", "promptTemplate": "slow"}, {"agentId": "echo", "promptTemplate": "last"}]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({})).await;
+    wait_requests(&stub, 1).await;
+    let before = execution(&b, &owner, &id).await;
+    assert_eq!(before["steps"][0]["status"], "COMPLETED");
+    assert_eq!(before["steps"][1]["status"], "RUNNING");
+    a.kill9().await;
+
+    let done = wait_for(&b, &owner, &id, "COMPLETED", Duration::from_secs(20)).await;
+    assert_eq!(stub.request_count(), 2, "the interrupted step runs again, once");
+    assert_eq!(
+        done["steps"][0]["completedAt"], before["steps"][0]["completedAt"],
+        "a completed step never reruns"
+    );
+    assert_eq!(done["steps"][0]["startedAt"], before["steps"][0]["startedAt"]);
+    assert_ne!(
+        done["steps"][1]["startedAt"], before["steps"][1]["startedAt"],
+        "the rerun has a new startedAt"
+    );
+    assert_eq!(done["steps"][1]["agentOutput"]["text"], "one two ");
+    assert_eq!(done["steps"][2]["status"], "COMPLETED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_finishes_the_run() {
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(40, 250), pieces(3, 0)]).await;
+    let agents = agents_file(&url);
+    let mut a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "echo", "promptTemplate": "first"}, {"agentId": "slowpoke", "promptTemplate": "slow"}]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({})).await;
+    wait_requests(&stub, 1).await;
+    a.kill9().await;
+    let again = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let done = wait_for(&again, &owner, &id, "COMPLETED", Duration::from_secs(20)).await;
+    assert_eq!(done["steps"][1]["agentOutput"]["text"], "one two three ");
+    assert_eq!(stub.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_step_in_flight_and_hands_the_run_over() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(8, 200)]).await;
+    let agents = agents_file(&url);
+    let mut a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "slowpoke", "promptTemplate": "slow"}, {"agentId": "echo", "promptTemplate": "after {{step_0_output.text}}"}]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({})).await;
+    let mut ws = WsClient::connect_with_token(&a.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    wait_requests(&stub, 1).await;
+    a.terminate();
+    assert!(
+        ws.closed(Duration::from_secs(15)).await,
+        "subscriptions are closed on shutdown"
+    );
+    let status = a.wait_exit(Duration::from_secs(20)).await.expect("the server exits");
+    assert!(status.success(), "exit status {status:?}\n{}", a.log_text());
+
+    let done = wait_for(&b, &owner, &id, "COMPLETED", Duration::from_secs(15)).await;
+    assert_eq!(
+        stub.request_count(),
+        1,
+        "the step in flight finished on the stopping instance"
+    );
+    assert_eq!(
+        done["steps"][1]["agentOutput"]["text"],
+        "after one two three four five six seven eight "
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_runs_split_across_two_instances_each_step_once() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![]).await;
+    *stub.fallback.lock().unwrap() = Some(pieces(1, 0));
+    let agents = agents_file(&url);
+    let a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "echo", "promptTemplate": "a {{n}}"}, {"agentId": "slowpoke", "promptTemplate": "run-{{n}}-x"}, {"agentId": "echo", "promptTemplate": "c"}]),
+    )
+    .await;
+    let runs = 200;
+    let ids = futures::future::join_all((0..runs).map(|n| {
+        let server = if n % 2 == 0 { &a } else { &b };
+        let (owner, t) = (&owner, &t);
+        async move { start(server, owner, t, json!({"n": n})).await }
+    }))
+    .await;
+    for id in &ids {
+        wait_for(&a, &owner, id, "COMPLETED", Duration::from_secs(60)).await;
+    }
+    assert_eq!(stub.request_count(), runs);
+    for n in 0..runs {
+        assert_eq!(stub.requests_mentioning(&format!("run-{n}-x")), 1, "run {n}");
+    }
+}
