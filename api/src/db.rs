@@ -25,6 +25,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(DatabaseConnect
     opts.max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings a pooled connection on every checkout by default: one
+        // more round trip per statement. Ping only connections idle long
+        // enough to have been dropped by the server or a proxy.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
     // SQLite: WAL lets readers run beside the writer, and the busy timeout
     // makes concurrent writers wait for the lock instead of failing at once.
