@@ -37,15 +37,22 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Load a fixed data set, run the server and print what it measured
+    /// (build with --release; see BENCHMARKS.md).
+    Bench(workflows::bench::BenchArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The bench prints a table; the servers it runs log only warnings.
+    let default_filter = match cli.command {
+        Some(Command::Bench(_)) => "warn",
+        _ => "info,sqlx=warn,sea_orm=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .init();
     match cli.command.unwrap_or(Command::Serve) {
@@ -72,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", workflows::graphql::sdl());
             Ok(())
         }
+        Command::Bench(args) => workflows::bench::run(args).await,
     }
 }
 
