@@ -4,6 +4,7 @@
 use serde_json::json;
 use workflows_tests::TestApp;
 
+use crate::executions::{start, wait_for};
 use crate::{add_member, create_drive, create_template, echo};
 
 const NESTED: &str = "query($d: ID!, $first: Int) {
@@ -83,4 +84,72 @@ async fn nested_template_lists_use_a_constant_number_of_statements() {
     let (m50, _) = statements_for(&app, &member, &drive, 50).await;
     assert_eq!(m5, m50, "member: 5 -> {m5}, 50 -> {m50}");
     assert!(m50 <= 6, "member: {m50} statements");
+
+    // The page peerbench and `workflows bench` measure (creators and steps,
+    // no drive): the viewer's memberships, the page, its steps, its creators.
+    let page = "query($d: ID!, $first: Int) { workflowTemplates(driveId: $d, first: $first) {
+      nodes { id name tags isPublic createdAt creator { id name } steps { id stepOrder agentId promptTemplate inputSchema } } } }";
+    for first in [1, 50] {
+        let mut best = u64::MAX;
+        for _ in 0..3 {
+            let before = app.statements();
+            let data = app.ok(&owner, page, json!({ "d": drive, "first": first })).await;
+            best = best.min(app.statements() - before);
+            assert_eq!(data["workflowTemplates"]["nodes"].as_array().unwrap().len(), first);
+        }
+        assert!(best <= 4, "first {first}: {best} statements (at most 4 expected)");
+    }
+}
+
+/// The execution detail of peerbench and `workflows bench`: every column of
+/// one execution, its template's name, and its step records.
+const EXECUTION_DETAIL: &str = "query($id: ID!) {
+  workflowExecution(id: $id) {
+    id workflowTemplateId userId driveId status currentStepOrder accumulatedContext
+    startedAt pausedAt completedAt failedAt errorMessage createdAt updatedAt
+    template { name }
+    steps {
+      id workflowExecutionId workflowStepId stepOrder status agentInput agentOutput userInput
+      startedAt completedAt errorMessage createdAt updatedAt
+    }
+  }
+}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_detail_uses_a_constant_number_of_statements() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "Runs").await;
+    let steps: Vec<_> = (0..5).map(|i| echo(&format!("step {i} of {{{{ticket}}}}"))).collect();
+    let template = create_template(&app, &owner, &drive, json!({ "name": "Five steps", "steps": steps })).await;
+    let id = start(
+        &app,
+        &owner,
+        template["id"].as_str().unwrap(),
+        json!({ "ticket": "PS-1" }),
+    )
+    .await;
+    wait_for(&app, &owner, &id, "COMPLETED").await;
+
+    let mut best = u64::MAX;
+    for _ in 0..3 {
+        let before = app.statements();
+        let data = app.ok(&owner, EXECUTION_DETAIL, json!({ "id": id })).await;
+        best = best.min(app.statements() - before);
+        let e = &data["workflowExecution"];
+        assert_eq!(e["template"]["name"], "Five steps", "{e}");
+        let steps = e["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 5, "{e}");
+        for (i, s) in steps.iter().enumerate() {
+            assert_eq!(s["stepOrder"], i);
+            assert_eq!(s["status"], "COMPLETED");
+            assert_eq!(s["agentOutput"]["text"], format!("step {i} of PS-1"));
+        }
+    }
+    println!("statements: execution detail -> {best}");
+    // The viewer's memberships, the execution, its template, its steps.
+    assert!(
+        best <= 4,
+        "{best} statements for one execution detail (at most 4 expected)"
+    );
 }
