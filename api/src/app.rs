@@ -109,7 +109,7 @@ impl Application {
         if demo_token.is_some() {
             crate::demo::seed_if_empty(&db).await?;
         }
-        let bus = EventBus::new(1024);
+        let bus = EventBus::new(config.event_buffer.max(1));
         let settings = EngineSettings {
             lease: Duration::from_secs(config.lease_seconds.max(1)),
             sweep: Duration::from_secs(config.sweep_seconds.max(1)),

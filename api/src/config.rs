@@ -40,6 +40,10 @@ pub struct Config {
     /// their runs are handed to another instance.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+
+    /// Events a subscriber may fall behind before it is sent a fresh SNAPSHOT.
+    #[arg(long, env = "EVENT_BUFFER", default_value_t = 1024)]
+    pub event_buffer: usize,
 }
 
 impl Config {
@@ -54,6 +58,7 @@ impl Config {
             lease_seconds: 30,
             sweep_seconds: 5,
             shutdown_grace_seconds: 10,
+            event_buffer: 1024,
         }
     }
 }

@@ -73,7 +73,26 @@ impl Agent for Streamer {
     }
 }
 
-/// The built-in agents plus `slow`, `flaky` and `streamer`.
+/// `burst`: the prompt is a count N; sends N one-letter pieces at once.
+struct Burst;
+
+#[async_trait::async_trait]
+impl Agent for Burst {
+    async fn call(&self, prompt: &str, deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
+        let n: usize = prompt
+            .trim()
+            .parse()
+            .map_err(|_| AgentError::Fatal(format!("burst: '{prompt}' is not a number")))?;
+        if let Some(d) = deltas {
+            for _ in 0..n {
+                let _ = d.send("x".to_owned());
+            }
+        }
+        Ok(json!({ "text": "x".repeat(n) }))
+    }
+}
+
+/// The built-in agents plus `slow`, `flaky`, `streamer` and `burst`.
 pub fn registry() -> AgentRegistry {
     let mut r = AgentRegistry::builtin();
     let info = |id: &str| AgentInfo {
@@ -84,5 +103,6 @@ pub fn registry() -> AgentRegistry {
     r.insert(info("slow"), Arc::new(Slow));
     r.insert(info("flaky"), Arc::new(Flaky::default()));
     r.insert(info("streamer"), Arc::new(Streamer));
+    r.insert(info("burst"), Arc::new(Burst));
     r
 }

@@ -307,3 +307,54 @@ async fn websocket_connections_need_a_valid_token() {
         other => panic!("got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_gets_a_fresh_snapshot_not_a_gap() {
+    let app = TestApp::spawn_with(|c| c.event_buffer = 8).await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "Burst").await;
+    let t = create_template(
+        &app,
+        &owner,
+        &drive,
+        json!({"name": "burst", "steps": [
+            {"agentId": "echo", "promptTemplate": "wait", "requiresUserInput": true},
+            {"agentId": "burst", "promptTemplate": "3000"}
+        ]}),
+    )
+    .await;
+    let id = start(&app, &owner, t["id"].as_str().unwrap(), json!({})).await;
+    wait_for(&app, &owner, &id, "PAUSED").await;
+    let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    let Some(Incoming::Next(_)) = ws.next("1", Duration::from_secs(10)).await else {
+        panic!("no snapshot")
+    };
+    submit(&app, &owner, &id, json!({})).await;
+    let all = events(
+        &ws.collect("1", Duration::from_secs(30)).await,
+        "workflowExecutionEvents",
+    );
+    let seqs: Vec<(i64, bool)> = all
+        .iter()
+        .map(|e| (e["sequence"].as_i64().unwrap(), e["kind"] == "SNAPSHOT"))
+        .collect();
+    // Each event follows the previous one by one; a SNAPSHOT may jump ahead.
+    let mut last = seqs[0].0 - 1;
+    for (seq, snapshot) in &seqs {
+        if *snapshot {
+            assert!(*seq > last, "a SNAPSHOT never goes back: {seqs:?}");
+        } else {
+            assert_eq!(*seq, last + 1, "a silent gap: {seqs:?}");
+        }
+        last = *seq;
+    }
+    assert!(
+        seqs.iter().any(|(_, s)| *s),
+        "the subscriber never lagged; make the burst bigger"
+    );
+    let end = all.last().unwrap();
+    assert_eq!(end["execution"]["status"], "COMPLETED");
+    let e = wait_for(&app, &owner, &id, "COMPLETED").await;
+    assert_eq!(e["steps"][1]["agentOutput"]["text"].as_str().unwrap().len(), 3000);
+}
