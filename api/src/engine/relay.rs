@@ -42,13 +42,17 @@ impl Note {
             e: event.execution.id.clone(),
             d: event.execution.drive_id.clone(),
             s: event.sequence,
-            k: match event.kind {
-                EventKind::ExecutionUpdated | EventKind::Snapshot => 'E',
-                EventKind::StepUpdated => 'S',
-                EventKind::StepOutputDelta => 'D',
-            },
+            k: Note::letter(event.kind),
             t: event.step.as_ref().map(|s| s.id.clone()),
             x: event.delta.clone(),
+        }
+    }
+
+    pub fn letter(kind: EventKind) -> char {
+        match kind {
+            EventKind::ExecutionUpdated | EventKind::Snapshot => 'E',
+            EventKind::StepUpdated => 'S',
+            EventKind::StepOutputDelta => 'D',
         }
     }
 

@@ -234,20 +234,14 @@ impl Engine {
             updated_at: Set(at),
             ..Default::default()
         };
-        let txn = self.db.begin().await?;
-        let mut update = execution::Entity::update_many()
+        let mut exec_update = execution::Entity::update_many()
             .set(exec_row)
             .filter(execution::Column::Id.eq(state.exec.id.clone()))
             .filter(execution::Column::Status.is_in(change.expect.iter().copied()));
         if change.owned {
-            update = update.filter(execution::Column::LeaseOwner.eq(self.instance.clone()));
+            exec_update = exec_update.filter(execution::Column::LeaseOwner.eq(self.instance.clone()));
         }
-        let res = update.exec(&txn).await?;
-        if res.rows_affected == 0 {
-            txn.rollback().await?;
-            return Ok(false);
-        }
-        if let Some((idx, sp)) = &change.step {
+        let step_update = change.step.as_ref().map(|(idx, sp)| {
             let step_row = exec_step::ActiveModel {
                 status: sp.status.map_or(NotSet, Set),
                 agent_input: sp.agent_input.clone().map_or(NotSet, |v| Set(Some(v))),
@@ -262,10 +256,44 @@ impl Engine {
             exec_step::Entity::update_many()
                 .set(step_row)
                 .filter(exec_step::Column::Id.eq(state.steps[*idx].id.clone()))
-                .exec(&txn)
-                .await?;
+        });
+        let notes: Vec<Note> = match &self.relay {
+            Some(relay) => change
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| Note {
+                    i: relay.instance.clone(),
+                    e: state.exec.id.clone(),
+                    d: state.exec.drive_id.clone(),
+                    s: base + i as i64 + 1,
+                    k: Note::letter(*kind),
+                    t: (*kind == EventKind::StepUpdated)
+                        .then(|| change.step.as_ref().map(|(idx, _)| state.steps[*idx].id.clone()))
+                        .flatten(),
+                    x: None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let applied = if self.db.get_database_backend() == DbBackend::Postgres {
+            self.write_in_one_statement(exec_update, step_update, &notes).await?
+        } else {
+            let txn = self.db.begin().await?;
+            if exec_update.exec(&txn).await?.rows_affected == 0 {
+                txn.rollback().await?;
+                false
+            } else {
+                if let Some(u) = step_update {
+                    u.exec(&txn).await?;
+                }
+                txn.commit().await?;
+                true
+            }
+        };
+        if !applied {
+            return Ok(false);
         }
-        txn.commit().await?;
 
         // The rows as now stored, built from what was just written.
         let e = Arc::make_mut(&mut state.exec);
@@ -339,13 +367,48 @@ impl Engine {
                 },
                 delta: None,
             };
-            self.tell_others(&event).await;
             self.bus.publish(event);
         }
         if state.exec.status.is_terminal() {
             self.forget(&state.exec.id);
         }
         Ok(true)
+    }
+
+    /// PostgreSQL: the execution update, the step update and the NOTIFYs in
+    /// one statement (one round trip, atomic): data-modifying CTEs, the step
+    /// and the notes applied only when the fenced execution update matched.
+    async fn write_in_one_statement(
+        &self,
+        exec_update: sea_orm::UpdateMany<execution::Entity>,
+        step_update: Option<sea_orm::UpdateMany<exec_step::Entity>>,
+        notes: &[Note],
+    ) -> Result<bool, DbErr> {
+        use sea_orm::QueryTrait;
+        use sea_orm::sea_query::{Expr, PostgresQueryBuilder};
+        let mut e = exec_update.into_query();
+        e.returning_col(execution::Column::Id);
+        let (e_sql, values) = e.build(PostgresQueryBuilder);
+        let mut values = values.0;
+        let mut sql = format!("WITH e AS ({e_sql})");
+        if let Some(u) = step_update {
+            let mut u = u.into_query();
+            u.and_where(Expr::cust("EXISTS (SELECT 1 FROM e)"));
+            let (s_sql, s_values) = u.build(PostgresQueryBuilder);
+            sql.push_str(&format!(", s AS ({})", shift_placeholders(&s_sql, values.len())));
+            values.extend(s_values.0);
+        }
+        let mut columns = vec!["e.id".to_owned()];
+        for note in notes {
+            values.push(serde_json::to_string(note).expect("note serializes").into());
+            columns.push(format!("pg_notify('{}', ${})::text", relay::CHANNEL, values.len()));
+        }
+        sql.push_str(&format!(" SELECT {} FROM e", columns.join(", ")));
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     /// Creates the execution (RUNNING) and a PENDING record per template
@@ -1344,4 +1407,36 @@ fn not_paused(e: &execution::Model) -> ApiError {
         "the execution is {}, not PAUSED: there is no step waiting for input",
         status_name(e.status)
     ))
+}
+
+/// Renumbers `$n` placeholders by `offset` (values are always bound, so a
+/// `$` followed by digits is a placeholder).
+fn shift_placeholders(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(*d);
+                chars.next();
+            }
+            out.push('$');
+            out.push_str(&(n.parse::<usize>().unwrap_or(0) + offset).to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shifts_placeholders() {
+        assert_eq!(
+            super::shift_placeholders(r#"UPDATE "t" SET "a" = $1, "b" = $12"#, 3),
+            r#"UPDATE "t" SET "a" = $4, "b" = $15"#
+        );
+    }
 }
