@@ -584,3 +584,50 @@ async fn start_checks_input_and_access() {
     let r = cancel(&app, &admin, &id).await;
     assert_eq!(r["data"]["cancelWorkflowExecution"]["status"], "CANCELLED", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_a_demo_is_ready_to_run() {
+    let app = TestApp::spawn_with(|c| c.jwt_secret = None).await;
+    let token = app.state.demo_token.clone().expect("a demo token is printed");
+    let data = app
+        .ok(&token, "{ me { id } drives { id name myRole } }", json!({}))
+        .await;
+    assert_eq!(data["me"]["id"], "demo-user");
+    assert_eq!(data["drives"][0]["myRole"], "OWNER");
+    let drive = data["drives"][0]["id"].as_str().unwrap();
+    let t = app
+        .ok(
+            &token,
+            "query($d: ID!) { workflowTemplates(driveId: $d) { nodes { id name steps { agentId } } } }",
+            json!({"d": drive}),
+        )
+        .await;
+    let template = &t["workflowTemplates"]["nodes"][0];
+    assert_eq!(template["name"], "Code Review Workflow");
+    let id = start(
+        &app,
+        &token,
+        template["id"].as_str().unwrap(),
+        json!({"code": "fn main() {}"}),
+    )
+    .await;
+    wait_for(&app, &token, &id, "PAUSED").await;
+    assert!(
+        submit(&app, &token, &id, json!({"detailLevel": "basic"}))
+            .await
+            .get("errors")
+            .is_none()
+    );
+    wait_for(&app, &token, &id, "COMPLETED").await;
+    // GraphiQL sends the demo token with every request and subscription.
+    let page = app
+        .client
+        .get(app.url("/graphql"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("Bearer {token}")) && page.contains("/graphql/ws"));
+}
