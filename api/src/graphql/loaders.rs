@@ -43,14 +43,14 @@ by_id_loader!(StepLoader, step::Model, domain::steps::find_many);
 pub struct StepsOfTemplate(pub DatabaseConnection);
 
 impl Loader<String> for StepsOfTemplate {
-    type Value = Vec<step::Model>;
+    type Value = Vec<Arc<step::Model>>;
     type Error = LoadError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = domain::steps::of_templates(&self.0, keys).await.map_err(Arc::new)?;
-        let mut map: HashMap<String, Vec<step::Model>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
         for r in rows {
-            map.entry(r.workflow_template_id.clone()).or_default().push(r);
+            map.entry(r.workflow_template_id.clone()).or_default().push(Arc::new(r));
         }
         Ok(map)
     }
@@ -60,14 +60,16 @@ impl Loader<String> for StepsOfTemplate {
 pub struct StepsOfExecution(pub DatabaseConnection);
 
 impl Loader<String> for StepsOfExecution {
-    type Value = Vec<exec_step::Model>;
+    type Value = Vec<Arc<exec_step::Model>>;
     type Error = LoadError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = domain::executions::steps_of(&self.0, keys).await.map_err(Arc::new)?;
-        let mut map: HashMap<String, Vec<exec_step::Model>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
         for r in rows {
-            map.entry(r.workflow_execution_id.clone()).or_default().push(r);
+            map.entry(r.workflow_execution_id.clone())
+                .or_default()
+                .push(Arc::new(r));
         }
         Ok(map)
     }
@@ -163,9 +165,9 @@ impl Loaders {
             },
         );
         if let Some(s) = s {
-            let mut map: HashMap<String, Vec<step::Model>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
+            let mut map: HashMap<String, Vec<Arc<step::Model>>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
             for r in s? {
-                map.entry(r.workflow_template_id.clone()).or_default().push(r);
+                map.entry(r.workflow_template_id.clone()).or_default().push(Arc::new(r));
             }
             self.steps_of_template.feed_many(map).await;
         }

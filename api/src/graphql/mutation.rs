@@ -1,6 +1,8 @@
 //! `Mutation`: every resolver checks access (access.rs), validates, then calls
 //! the domain, which writes in one transaction. A failed mutation changes nothing.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, ID, Object, Result};
 use entity::DriveRole;
 
@@ -209,7 +211,7 @@ impl Mutation {
         r.access.check_change_template(&template)?;
         let new = input.validate("input", agents(ctx))?;
         let row = steps::add(&r.db, &template.id, new, step_order).await?;
-        Ok(WorkflowStep(row))
+        Ok(WorkflowStep(Arc::new(row)))
     }
 
     async fn update_workflow_step(
@@ -223,7 +225,7 @@ impl Mutation {
         r.access.check_change_template(&template)?;
         let changes = input.validate(agents(ctx))?;
         let row = steps::update(&r.db, &step, changes).await?;
-        Ok(WorkflowStep(row))
+        Ok(WorkflowStep(Arc::new(row)))
     }
 
     /// Deletes a step and renumbers the rest; returns its id.

@@ -54,7 +54,7 @@ impl WorkflowExecutionEvent {
     }
     /// For STEP_* kinds: the step the event is about.
     async fn step(&self) -> Option<WorkflowExecutionStep> {
-        self.0.step.clone().map(WorkflowExecutionStep)
+        self.0.step.clone().map(|s| WorkflowExecutionStep(Arc::new(s)))
     }
     /// For STEP_OUTPUT_DELTA: the next piece of streamed output.
     async fn delta(&self) -> Option<&str> {

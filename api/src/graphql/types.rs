@@ -269,7 +269,8 @@ async fn load_template(ctx: &Context<'_>, id: &str) -> Result<WorkflowTemplate> 
         .ok_or_else(|| missing("workflow template", id))
 }
 
-pub struct WorkflowStep(pub step::Model);
+/// Shared with the request's DataLoader cache: handing a step out does not copy its JSON.
+pub struct WorkflowStep(pub Arc<step::Model>);
 
 #[Object]
 impl WorkflowStep {
@@ -371,7 +372,10 @@ impl WorkflowExecution {
         // An event carries the steps as they were after it: no query per
         // subscriber per event, and the state matches the event.
         if let Some(steps) = &self.1 {
-            return Ok(steps.iter().cloned().map(WorkflowExecutionStep).collect());
+            return Ok(steps
+                .iter()
+                .map(|s| WorkflowExecutionStep(Arc::new(s.clone())))
+                .collect());
         }
         let r = ctx.data_unchecked::<RequestCtx>();
         let rows = r
@@ -391,7 +395,8 @@ impl WorkflowExecution {
     }
 }
 
-pub struct WorkflowExecutionStep(pub exec_step::Model);
+/// Shared with the request's DataLoader cache, like `WorkflowStep`.
+pub struct WorkflowExecutionStep(pub Arc<exec_step::Model>);
 
 #[Object]
 impl WorkflowExecutionStep {
@@ -415,7 +420,7 @@ impl WorkflowExecutionStep {
             .load_one(id.clone())
             .await
             .map_err(load_err)?
-            .map(WorkflowStep))
+            .map(|s| WorkflowStep(Arc::new(s))))
     }
     async fn step_order(&self) -> i32 {
         self.0.step_order
