@@ -61,7 +61,10 @@ struct RunState {
 struct ExecPatch {
     status: Option<ExecutionStatus>,
     current_step_order: Option<Option<i32>>,
-    context: Option<Value>,
+    /// One key added to `accumulatedContext` (`step_N_output` / `step_N_input`).
+    /// Only the new value is sent: the database merges it in, so a step's
+    /// cost does not grow with the context.
+    context_add: Option<(String, Value)>,
     paused_at: Option<NaiveDateTime>,
     completed_at: Option<NaiveDateTime>,
     failed_at: Option<NaiveDateTime>,
@@ -222,7 +225,6 @@ impl Engine {
         let exec_row = execution::ActiveModel {
             status: p.status.map_or(NotSet, Set),
             current_step_order: p.current_step_order.map_or(NotSet, Set),
-            accumulated_context: p.context.clone().map_or(NotSet, Set),
             paused_at: p.paused_at.map_or(NotSet, |t| Set(Some(t))),
             completed_at: p.completed_at.map_or(NotSet, |t| Set(Some(t))),
             failed_at: p.failed_at.map_or(NotSet, |t| Set(Some(t))),
@@ -240,6 +242,12 @@ impl Engine {
             .filter(execution::Column::Status.is_in(change.expect.iter().copied()));
         if change.owned {
             exec_update = exec_update.filter(execution::Column::LeaseOwner.eq(self.instance.clone()));
+        }
+        if let Some((key, value)) = &p.context_add {
+            exec_update = exec_update.col_expr(
+                execution::Column::AccumulatedContext,
+                merge_into_context(self.db.get_database_backend(), key, value),
+            );
         }
         let step_update = change.step.as_ref().map(|(idx, sp)| {
             let step_row = exec_step::ActiveModel {
@@ -303,8 +311,10 @@ impl Engine {
         if let Some(o) = p.current_step_order {
             e.current_step_order = o;
         }
-        if let Some(c) = &p.context {
-            e.accumulated_context = c.clone();
+        if let Some((key, value)) = &p.context_add {
+            if let Some(map) = e.accumulated_context.as_object_mut() {
+                map.insert(key.clone(), value.clone());
+            }
         }
         if p.paused_at.is_some() {
             e.paused_at = p.paused_at;
@@ -525,10 +535,6 @@ impl Engine {
             .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
         let def = self.definition(&state.steps[idx]).await?;
         validation::user_input(def.input_schema.as_ref(), &input)?;
-        let mut context = state.exec.accumulated_context.clone();
-        if let Some(map) = context.as_object_mut() {
-            map.insert(format!("step_{order}_input"), input.clone());
-        }
         let applied = self
             .apply(
                 &mut seq,
@@ -538,7 +544,7 @@ impl Engine {
                     owned: false,
                     exec: ExecPatch {
                         status: Some(ExecutionStatus::Running),
-                        context: Some(context),
+                        context_add: Some((format!("step_{order}_input"), input.clone())),
                         lease: Some(Some(self.lease_until())),
                         ..Default::default()
                     },
@@ -895,10 +901,6 @@ impl Engine {
                 }
                 AgentOutcome::Done(output) => {
                     let at = now();
-                    let mut context = state.exec.accumulated_context.clone();
-                    if let Some(map) = context.as_object_mut() {
-                        map.insert(format!("step_{order}_output"), output.clone());
-                    }
                     let done = is_last;
                     let applied = self
                         .write(
@@ -908,7 +910,7 @@ impl Engine {
                                 expect: &[ExecutionStatus::Running],
                                 owned: true,
                                 exec: ExecPatch {
-                                    context: Some(context),
+                                    context_add: Some((format!("step_{order}_output"), output.clone())),
                                     current_step_order: next_order.map(Some),
                                     status: done.then_some(ExecutionStatus::Completed),
                                     lease: done.then_some(None),
@@ -1438,5 +1440,26 @@ mod tests {
             super::shift_placeholders(r#"UPDATE "t" SET "a" = $1, "b" = $12"#, 3),
             r#"UPDATE "t" SET "a" = $4, "b" = $15"#
         );
+    }
+}
+
+/// `accumulatedContext` with one more key, computed by the database.
+fn merge_into_context(backend: DbBackend, key: &str, value: &Value) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::Expr;
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values(
+            r#""accumulatedContext" || jsonb_build_object($1::text, $2::jsonb)"#,
+            [
+                sea_orm::Value::from(key.to_owned()),
+                sea_orm::Value::from(value.clone()),
+            ],
+        ),
+        _ => Expr::cust_with_values(
+            r#"json_set("accumulatedContext", ?, json(?))"#,
+            [
+                sea_orm::Value::from(format!("$.\"{key}\"")),
+                sea_orm::Value::from(value.to_string()),
+            ],
+        ),
     }
 }

@@ -631,3 +631,21 @@ async fn without_a_secret_a_demo_is_ready_to_run() {
         .unwrap();
     assert!(page.contains(&format!("Bearer {token}")) && page.contains("/graphql/ws"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_steps_each_add_50_kb_keeps_every_output() {
+    let (app, owner, drive) = setup().await;
+    let blob = "x".repeat(50_000);
+    let steps: Vec<Value> = (0..20).map(|i| echo(&format!("{i}:{{{{blob}}}}"))).collect();
+    let e = run_steps(&app, &owner, &drive, json!(steps), json!({"blob": blob}), "COMPLETED").await;
+    let ctx = e["accumulatedContext"].as_object().unwrap();
+    assert_eq!(ctx.len(), 21);
+    for i in 0..20 {
+        assert_eq!(
+            ctx[&format!("step_{i}_output")]["text"],
+            format!("{i}:{blob}"),
+            "step {i}"
+        );
+    }
+    assert!(e.to_string().len() > 2_000_000);
+}
