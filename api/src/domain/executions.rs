@@ -1,9 +1,7 @@
 //! Reading workflow executions and their step records.
 
 use entity::{ExecutionStatus, workflow_execution as execution, workflow_execution_step as exec_step};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 
 use super::pagination::{Cursor, Page};
 use crate::access::ExecutionScope;
@@ -70,29 +68,16 @@ pub async fn list(
     first: u64,
     after: Option<&Cursor>,
 ) -> Result<Page<execution::Model>, DbErr> {
-    let mut q = execution::Entity::find().filter(cond);
-    if let Some(c) = after {
-        q = q.filter(
-            Condition::any().add(execution::Column::CreatedAt.lt(c.created_at)).add(
-                Condition::all()
-                    .add(execution::Column::CreatedAt.eq(c.created_at))
-                    .add(execution::Column::Id.lt(c.id.clone())),
-            ),
-        );
-    }
-    let mut rows = q
-        .order_by_desc(execution::Column::CreatedAt)
-        .order_by_desc(execution::Column::Id)
-        .limit(first + 1)
-        .all(db)
-        .await?;
-    let has_next_page = rows.len() as u64 > first;
-    rows.truncate(first as usize);
-    Ok(Page {
-        rows,
-        has_next_page,
-        has_previous_page: after.is_some(),
-    })
+    let query = execution::Entity::find().filter(cond);
+    super::pagination::newest_first(
+        db,
+        query,
+        execution::Column::CreatedAt,
+        execution::Column::Id,
+        first,
+        after,
+    )
+    .await
 }
 
 pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, DbErr> {

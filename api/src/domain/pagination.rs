@@ -4,6 +4,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDateTime};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 
 use crate::error::ApiError;
 
@@ -51,4 +54,40 @@ pub struct Page<T> {
     pub rows: Vec<T>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
+}
+
+/// The page of `query` after `after`, newest first by (`created_at`, `id`):
+/// keyset pagination, one query for `first` rows plus one to learn whether
+/// there is a next page.
+pub async fn newest_first<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    query: Select<E>,
+    created_at: E::Column,
+    id: E::Column,
+    first: u64,
+    after: Option<&Cursor>,
+) -> Result<Page<E::Model>, DbErr> {
+    let mut query = query;
+    if let Some(c) = after {
+        query = query.filter(
+            Condition::any().add(created_at.lt(c.created_at)).add(
+                Condition::all()
+                    .add(created_at.eq(c.created_at))
+                    .add(id.lt(c.id.clone())),
+            ),
+        );
+    }
+    let mut rows = query
+        .order_by_desc(created_at)
+        .order_by_desc(id)
+        .limit(first + 1)
+        .all(db)
+        .await?;
+    let has_next_page = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    Ok(Page {
+        rows,
+        has_next_page,
+        has_previous_page: after.is_some(),
+    })
 }

@@ -6,7 +6,7 @@ use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, TransactionTrait,
 };
 
 use super::pagination::{Cursor, Page};
@@ -232,29 +232,16 @@ pub async fn list(
     first: u64,
     after: Option<&Cursor>,
 ) -> Result<Page<template::Model>, DbErr> {
-    let mut q = template::Entity::find().filter(cond);
-    if let Some(c) = after {
-        q = q.filter(
-            Condition::any().add(template::Column::CreatedAt.lt(c.created_at)).add(
-                Condition::all()
-                    .add(template::Column::CreatedAt.eq(c.created_at))
-                    .add(template::Column::Id.lt(c.id.clone())),
-            ),
-        );
-    }
-    let mut rows = q
-        .order_by_desc(template::Column::CreatedAt)
-        .order_by_desc(template::Column::Id)
-        .limit(first + 1)
-        .all(db)
-        .await?;
-    let has_next_page = rows.len() as u64 > first;
-    rows.truncate(first as usize);
-    Ok(Page {
-        rows,
-        has_next_page,
-        has_previous_page: after.is_some(),
-    })
+    let query = template::Entity::find().filter(cond);
+    super::pagination::newest_first(
+        db,
+        query,
+        template::Column::CreatedAt,
+        template::Column::Id,
+        first,
+        after,
+    )
+    .await
 }
 
 pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, DbErr> {
