@@ -277,10 +277,10 @@ async fn graphql_ws(
 ) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        // Clients send small messages: an 8 KiB read buffer instead of the
+        // Clients send small messages: a 4 KiB read buffer instead of the
         // default 128 KiB keeps an idle subscription at a few KiB, and
         // frames are written as they come rather than gathered.
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             use futures::{SinkExt, StreamExt};

@@ -86,6 +86,8 @@ impl Subscription {
         let mut resyncs = engine.relay().map(|r| r.resyncs());
         let mut rx = engine.bus().subscribe();
         let first = engine.snapshot(&id).await.map_err(ApiError::from)?;
+        // The snapshot reads inside the stream are boxed: inlined, their
+        // futures would make every idle subscription's state several KiB.
         Ok(async_stream::stream! {
             let _watch = watch;
             let Some(first) = first else { return };
@@ -102,7 +104,7 @@ impl Subscription {
                 };
                 let Some(received) = received else {
                     // Events from other instances may have been missed.
-                    match engine.snapshot(&id).await {
+                    match Box::pin(engine.snapshot(&id)).await {
                         Ok(Some(snap)) => {
                             last = snap.sequence;
                             let done = snap.execution.status.is_terminal();
@@ -132,7 +134,7 @@ impl Subscription {
                     Err(RecvError::Closed) => return,
                 };
                 if resync {
-                    match engine.snapshot(&id).await {
+                    match Box::pin(engine.snapshot(&id)).await {
                         Ok(Some(snap)) => {
                             last = snap.sequence;
                             let done = snap.execution.status.is_terminal();
@@ -192,7 +194,7 @@ impl Subscription {
                         // stream was following replaces what was missed.
                         let ids: Vec<String> = seen.keys().cloned().collect();
                         for id in ids {
-                            if let Ok(Some(snap)) = engine.snapshot(&id).await {
+                            if let Ok(Some(snap)) = Box::pin(engine.snapshot(&id)).await {
                                 seen.insert(id.clone(), snap.sequence);
                                 if snap.execution.status.is_terminal() {
                                     seen.remove(&id);
