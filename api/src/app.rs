@@ -6,24 +6,28 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{ErrorExtensions, ServerError};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
-use axum::body::Bytes;
+use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError};
+use axum::body::Body;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
-use axum::extract::ws::{CloseFrame, Message};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::access::Access;
 use crate::auth::{JwtKeys, Viewer};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::db::{self, StatementCounter};
 use crate::domain::users;
 use crate::engine::agents::AgentRegistry;
@@ -31,6 +35,9 @@ use crate::engine::runner::{Engine, EngineSettings};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
+use crate::limits::DataLimits;
+use crate::metrics::Metrics;
+use crate::ws;
 
 pub const DEMO_USER_ID: &str = "demo-user";
 
@@ -47,6 +54,12 @@ pub struct AppState {
     /// Set when no `JWT_SECRET` was given: a token for the demo user,
     /// prefilled in GraphiQL.
     pub demo_token: Option<String>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// Browser origins allowed by CORS (none: no CORS headers).
+    pub cors_origins: Vec<String>,
+    /// WebSocket connections per user.
+    pub ws_connections: Arc<ws::ConnectionCounts>,
     /// Claims last written to `users`, so a request whose token says nothing
     /// new skips the upsert.
     known_users: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
@@ -98,10 +111,10 @@ impl Application {
         let (db, statements) = db::connect(&config.database_url, config.database_max_connections).await?;
         db::migrate(&db).await?;
         let (keys, demo_token) = match &config.jwt_secret {
-            Some(secret) if !secret.is_empty() => (JwtKeys::new(secret.as_bytes()), None),
+            Some(secret) if !secret.is_empty() => (JwtKeys::with_settings(secret.as_bytes(), &config.tokens), None),
             _ => {
                 let secret: [u8; 32] = rand::random();
-                let keys = JwtKeys::new(&secret);
+                let keys = JwtKeys::with_settings(&secret, &config.tokens);
                 let token = keys.issue(DEMO_USER_ID, Some("Demo User"), None, Duration::from_secs(24 * 3600));
                 (keys, Some(token))
             }
@@ -115,12 +128,22 @@ impl Application {
             sweep: Duration::from_secs(config.sweep_seconds.max(1)),
         };
         let engine = Engine::new(db.clone(), agents.clone(), bus, settings);
+        // Limits first: runs taken over in the background obey them too.
+        let data_limits = DataLimits::from(&config.limits);
+        engine.set_limits(data_limits);
         engine.start_background();
-        let schema = graphql::build_schema(Some(SchemaData {
-            db: db.clone(),
-            agents: agents.clone(),
-            engine: engine.clone(),
-        }));
+        let metrics = Metrics::new();
+        metrics.watch_steps(engine.bus());
+        let schema = graphql::build_schema_with(
+            Some(SchemaData {
+                db: db.clone(),
+                agents: agents.clone(),
+                engine: engine.clone(),
+                limits: data_limits,
+            }),
+            &config.limits,
+            Some(metrics.clone()),
+        );
         let state = Arc::new(AppState {
             db,
             statements,
@@ -130,6 +153,10 @@ impl Application {
             engine,
             closing: tokio_util::sync::CancellationToken::new(),
             demo_token,
+            limits: config.limits.clone(),
+            metrics,
+            cors_origins: config.http.cors_origins.clone(),
+            ws_connections: Arc::default(),
             known_users: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
@@ -143,12 +170,53 @@ impl Application {
     }
 
     pub fn router(state: Arc<AppState>) -> Router {
-        Router::new()
+        let cors = cors_layer(&state.cors_origins);
+        let router = Router::new()
             .route("/graphql", get(graphiql).post(graphql_post))
             .route("/graphql/ws", get(graphql_ws))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .with_state(state)
+            .route("/metrics", get(metrics))
+            // `graphql_post` reads the body itself, to answer an oversize
+            // one with a GraphQL error.
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(state);
+        let router = match cors {
+            Some(c) => router.layer(c),
+            None => router,
+        };
+        let x_request_id = HeaderName::from_static("x-request-id");
+        // Outermost last: every response carries the security headers and the
+        // request id, and every log line of a request carries its id.
+        router
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+            ))
+            .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
     }
 
     /// Serves until `shutdown` resolves.
@@ -190,7 +258,42 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn graphiql(State(state): State<Arc<AppState>>) -> Html<String> {
+/// CORS for the configured origins; `None` (no CORS headers, so browsers
+/// keep other origins out) when there are none.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(&state.db, &state.statements).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn graphiql(State(state): State<Arc<AppState>>) -> Response {
     let bearer = state.demo_token.as_ref().map(|t| format!("Bearer {t}"));
     let mut page = GraphiQLSource::build()
         .endpoint("/graphql")
@@ -199,7 +302,13 @@ async fn graphiql(State(state): State<Arc<AppState>>) -> Html<String> {
     if let Some(b) = &bearer {
         page = page.header("Authorization", b).ws_connection_param("Authorization", b);
     }
-    Html(page.finish())
+    // GraphiQL loads its scripts and styles from a CDN: this page gets a
+    // policy that only forbids framing, instead of the API's `default-src 'none'`.
+    (
+        [(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'")],
+        Html(page.finish()),
+    )
+        .into_response()
 }
 
 /// A GraphQL response carrying one error and no data.
@@ -220,40 +329,145 @@ pub fn error_response(status: StatusCode, message: &str, code: &'static str) -> 
     resp
 }
 
-async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Queries and mutations: one request, or a batch (a JSON array) run one
+/// after another, each with a fresh view of the viewer's permissions.
+async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let refuse = |status: StatusCode, message: &str, code: &'static str| {
+        state.metrics.refused(code, started.elapsed());
+        error_response(status, message, code)
+    };
+    let max_body = state.limits.max_body_bytes;
+    let too_large =
+        || format!("the request body is larger than {max_body} bytes (MAX_BODY_BYTES); send a smaller request");
+    let body = match read_body(body, max_body).await {
+        Some(b) => b,
+        None => return refuse(StatusCode::PAYLOAD_TOO_LARGE, &too_large(), "GRAPHQL_VALIDATION_FAILED"),
+    };
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let viewer = match state.keys.verify_header(auth) {
         Ok(v) => v,
-        Err(e) => return error_response(StatusCode::UNAUTHORIZED, &e.message(), "UNAUTHENTICATED"),
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.message(), "UNAUTHENTICATED"),
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    // Parsed as the shape it claims to be, so the error names the real problem.
+    let is_batch = body.trim_ascii_start().starts_with(b"[");
+    let parsed = if is_batch {
+        serde_json::from_slice::<Vec<async_graphql::Request>>(&body).map(BatchRequest::Batch)
+    } else {
+        serde_json::from_slice::<async_graphql::Request>(&body).map(BatchRequest::Single)
+    };
+    let batch = match parsed {
         Ok(r) => r,
         Err(e) => {
-            return error_response(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 &format!("the request body is not a GraphQL request in JSON: {e}"),
                 "GRAPHQL_PARSE_FAILED",
             );
         }
     };
-    let ctx = match state.request_ctx(viewer, true).await {
-        Ok(c) => c,
-        Err(e) => {
+    let max_batch = state.limits.max_batch_size;
+    let requests = match batch {
+        BatchRequest::Single(r) => vec![r],
+        BatchRequest::Batch(list) if list.is_empty() => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the batch is empty: send at least one operation",
+                "GRAPHQL_VALIDATION_FAILED",
+            );
+        }
+        BatchRequest::Batch(list) if list.len() > max_batch => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the batch holds {} operations; at most {max_batch} are allowed (MAX_BATCH_SIZE)",
+                    list.len()
+                ),
+                "GRAPHQL_VALIDATION_FAILED",
+            );
+        }
+        BatchRequest::Batch(list) => list,
+    };
+    let run = async {
+        let mut responses = Vec::with_capacity(requests.len());
+        for request in requests {
+            let ctx = state.request_ctx(viewer.clone(), true).await?;
+            responses.push(state.schema.execute(request.data(ctx)).await);
+        }
+        Ok::<_, ApiError>(responses)
+    };
+    let timeout = state.limits.request_timeout;
+    let result = if timeout.is_zero() {
+        Ok(run.await)
+    } else {
+        tokio::time::timeout(timeout, run).await
+    };
+    match result {
+        Ok(Ok(mut responses)) => {
+            if !is_batch {
+                Json(BatchResponse::Single(responses.remove(0))).into_response()
+            } else {
+                Json(BatchResponse::Batch(responses)).into_response()
+            }
+        }
+        Ok(Err(e)) => {
             tracing::error!(error = ?e, "could not load the viewer");
-            return error_response(
+            refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error",
                 "INTERNAL_SERVER_ERROR",
-            );
+            )
         }
-    };
-    let response = state.schema.execute(request.data(ctx)).await;
-    Json(response).into_response()
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "request stopped at its timeout"
+            );
+            state.metrics.request("unknown", "timeout", started.elapsed());
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the request did not finish within {} ms and was stopped (REQUEST_TIMEOUT); \
+                     a mutation stopped before it committed changed nothing",
+                    timeout.as_millis()
+                ),
+                "INTERNAL_SERVER_ERROR",
+            )
+        }
+    }
+}
+
+/// The body, or `None` when it is larger than `max` bytes. An oversize body
+/// is still read (not kept) for a while, up to 64 times the limit, so a client
+/// that is still sending gets the 413 instead of a broken connection.
+async fn read_body(body: Body, max: usize) -> Option<axum::body::Bytes> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if kept.len() + chunk.len() > max {
+            let drain_cap = max.saturating_mul(64).max(64 * 1024 * 1024);
+            let mut seen = kept.len() + chunk.len();
+            let drain = async {
+                while let Some(Ok(c)) = stream.next().await {
+                    seen += c.len();
+                    if seen > drain_cap {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+            return None;
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Some(kept.into())
 }
 
 /// Reads the token from a `connection_init` payload:
 /// `{"Authorization": "Bearer …"}`, `authorization`, or `token` (bare JWT).
-fn token_from_init(payload: &serde_json::Value) -> Option<String> {
+pub(crate) fn token_from_init(payload: &serde_json::Value) -> Option<String> {
     let header = payload
         .get("Authorization")
         .or_else(|| payload.get("authorization"))
@@ -268,67 +482,28 @@ fn token_from_init(payload: &serde_json::Value) -> Option<String> {
 }
 
 /// Subscriptions over WebSocket, both `graphql-transport-ws` and the legacy
-/// `graphql-ws`; the viewer is authenticated from `connection_init`, and a
-/// connection without a valid token is refused.
-async fn graphql_ws(
-    State(state): State<Arc<AppState>>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+/// `graphql-ws`; `ws::serve` authenticates `connection_init`, guards the
+/// connection, and closes it with 1001 when the server shuts down.
+async fn graphql_ws(State(state): State<Arc<AppState>>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let Some(protocol) = ws::protocol(&headers) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "ask for the graphql-transport-ws or graphql-ws subprotocol (Sec-WebSocket-Protocol)",
+        )
+            .into_response();
+    };
+    let max = state.limits.max_body_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(max)
+        .max_frame_size(max)
         // Clients send small messages: a 4 KiB read buffer instead of the
         // default 128 KiB keeps an idle subscription at a few KiB, and
         // frames are written as they come rather than gathered.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            use futures::{SinkExt, StreamExt};
-            let schema = state.schema.clone();
-            let closing = state.closing.clone();
-            let (mut socket_tx, socket_rx) = socket.split();
-            // The GraphQL side writes through a channel, so that on shutdown the
-            // connection can still be closed with a proper close frame.
-            let (tx, mut rx) = futures::channel::mpsc::channel::<Message>(16);
-            let writer = tokio::spawn(async move {
-                while let Some(msg) = rx.next().await {
-                    if socket_tx.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = socket_tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: "server shutting down".into(),
-                    })))
-                    .await;
-                let _ = socket_tx.close().await;
-            });
-            let input = socket_rx.take_until(closing.clone().cancelled_owned());
-            let tx = tx.sink_map_err(|_| axum::Error::new("websocket writer stopped"));
-            GraphQLWebSocket::new_with_pair(tx, input, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let header = token_from_init(&payload);
-                    let viewer = state
-                        .keys
-                        .verify_header(header.as_deref())
-                        .map_err(|e| async_graphql::Error::new(e.message()))?;
-                    let ctx = state
-                        .request_ctx(viewer, false)
-                        .await
-                        .map_err(|e| async_graphql::Error::new(e.message()))?;
-                    let mut data = async_graphql::Data::default();
-                    data.insert(ctx);
-                    Ok(data)
-                })
-                .serve()
-                .await;
-            if closing.is_cancelled() {
-                let _ = writer.await;
-            } else {
-                // The client went away or the protocol closed it: the close
-                // frame, if any, was already sent.
-                writer.abort();
-            }
+        .on_upgrade(move |socket| {
+            let closing = state.closing.clone().cancelled_owned();
+            ws::serve(state, socket, protocol, closing)
         })
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
+use crate::config::TokenSettings;
 use crate::error::ApiError;
 
 /// The authenticated caller of one request or WebSocket connection.
@@ -25,6 +26,10 @@ pub struct Claims {
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -32,18 +37,39 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    settings: TokenSettings,
 }
 
 impl JwtKeys {
+    /// Keys with the default checks (5 s leeway, no `iss`/`aud`).
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_settings(secret, &TokenSettings::default())
+    }
+
+    pub fn with_settings(secret: &[u8], settings: &TokenSettings) -> Self {
         // HS256 only: a token naming any other algorithm (or `none`) is refused.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = settings.jwt_leeway_secs;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &settings.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        // Without a configured audience, `aud` is not checked (a token made
+        // for several services still works here).
+        match &settings.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            settings: settings.clone(),
         }
     }
 
@@ -55,6 +81,8 @@ impl JwtKeys {
             name: name.map(str::to_owned),
             email: email.map(str::to_owned),
             iat: Some(now),
+            iss: self.settings.jwt_issuer.clone(),
+            aud: self.settings.jwt_audience.clone().map(serde_json::Value::String),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing cannot fail")
     }
@@ -67,7 +95,11 @@ impl JwtKeys {
                 ErrorKind::ExpiredSignature => "the token has expired",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
                 ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
-                ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim (sub, exp)",
+                ErrorKind::MissingRequiredClaim(_) => {
+                    "the token lacks a required claim (sub, exp, and iss/aud when configured)"
+                }
+                ErrorKind::InvalidIssuer => "the token's issuer (iss) is not accepted",
+                ErrorKind::InvalidAudience => "the token's audience (aud) does not include this server",
                 _ => "the token is malformed",
             };
             ApiError::Unauthenticated(format!("Unauthenticated: {why}"))

@@ -12,3 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod graphql;
+pub mod limits;
+pub mod metrics;
+pub mod telemetry;
+pub mod ws;

@@ -48,13 +48,9 @@ async fn main() -> anyhow::Result<()> {
     // The bench prints a table; the servers it runs log only warnings.
     let default_filter = match cli.command {
         Some(Command::Bench(_)) => "warn",
-        _ => "info,sqlx=warn,sea_orm=warn",
+        _ => workflows::telemetry::DEFAULT_FILTER,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    workflows::telemetry::init(cli.config.http.log_format, default_filter);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => {
@@ -71,7 +67,12 @@ async fn main() -> anyhow::Result<()> {
                 .context("set JWT_SECRET to sign tokens")?;
             println!(
                 "{}",
-                JwtKeys::new(secret.as_bytes()).issue(&sub, name.as_deref(), email.as_deref(), ttl)
+                JwtKeys::with_settings(secret.as_bytes(), &cli.config.tokens).issue(
+                    &sub,
+                    name.as_deref(),
+                    email.as_deref(),
+                    ttl
+                )
             );
             Ok(())
         }

@@ -37,6 +37,44 @@ pub struct StepChanges {
     pub condition: Option<Option<Value>>,
 }
 
+impl NewStep {
+    /// What this step adds to its template's size (`MAX_TEMPLATE_BYTES`).
+    pub fn bytes(&self) -> usize {
+        step_bytes(
+            &self.agent_id,
+            &self.prompt_template,
+            [&self.input_schema, &self.metadata, &self.condition],
+        )
+    }
+}
+
+fn step_bytes(agent_id: &str, prompt: &str, json: [&Option<Value>; 3]) -> usize {
+    let json: usize = json
+        .iter()
+        .filter_map(|v| v.as_ref())
+        .map(crate::limits::json_bytes)
+        .sum();
+    agent_id.len() + prompt.len() + json
+}
+
+fn model_bytes(s: &step::Model) -> usize {
+    step_bytes(
+        &s.agent_id,
+        &s.prompt_template,
+        [&s.input_schema, &s.metadata, &s.condition],
+    )
+}
+
+/// A template's size is that of its steps: prompts, agent ids and JSON fields.
+pub fn check_template_size(total: usize, max: usize) -> ApiResult<()> {
+    if total > max {
+        return Err(ApiError::bad_input(format!(
+            "steps: the template's steps would take {total} bytes; at most {max} are allowed (MAX_TEMPLATE_BYTES)"
+        )));
+    }
+    Ok(())
+}
+
 fn field_for_step(order: i32) -> String {
     format!("steps[{order}].promptTemplate")
 }
@@ -142,11 +180,13 @@ async fn renumber(txn: &DatabaseTransaction, ordered: &[step::Model], at: NaiveD
 }
 
 /// Appends, or inserts at `position` and shifts the rest.
+/// `max_bytes` bounds the whole template's size after the change.
 pub async fn add(
     db: &DatabaseConnection,
     template_id: &str,
     new: NewStep,
     position: Option<i32>,
+    max_bytes: usize,
 ) -> ApiResult<step::Model> {
     let (txn, mut steps) = begin(db, template_id).await?;
     let count = steps.len() as i32;
@@ -171,6 +211,7 @@ pub async fn add(
         updated_at: at,
     };
     steps.insert(position as usize, row.clone());
+    check_template_size(steps.iter().map(model_bytes).sum(), max_bytes)?;
     check_references(steps.iter().map(|s| s.prompt_template.as_str()))?;
     // Shift the later steps (the new row already sits at its index), then fill the gap.
     renumber(&txn, &steps, at).await?;
@@ -181,7 +222,12 @@ pub async fn add(
     Ok(row)
 }
 
-pub async fn update(db: &DatabaseConnection, current: &step::Model, changes: StepChanges) -> ApiResult<step::Model> {
+pub async fn update(
+    db: &DatabaseConnection,
+    current: &step::Model,
+    changes: StepChanges,
+    max_bytes: usize,
+) -> ApiResult<step::Model> {
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let Some(mut next) = steps.iter().find(|s| s.id == current.id).cloned() else {
         return Err(ApiError::not_found("workflow step", &current.id));
@@ -205,6 +251,17 @@ pub async fn update(db: &DatabaseConnection, current: &step::Model, changes: Ste
         next.condition = v;
     }
     next.updated_at = now();
+    let total = steps
+        .iter()
+        .map(|s| {
+            if s.id == next.id {
+                model_bytes(&next)
+            } else {
+                model_bytes(s)
+            }
+        })
+        .sum();
+    check_template_size(total, max_bytes)?;
     check_references(steps.iter().map(|s| {
         if s.id == next.id {
             next.prompt_template.as_str()

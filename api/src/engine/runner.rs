@@ -39,6 +39,7 @@ use super::{condition, prompt};
 use crate::domain::{self, new_id, now, validation};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{EventBus, EventKind, ExecutionEvent};
+use crate::limits::DataLimits;
 
 /// This process's view of one execution that is being worked on.
 struct Live {
@@ -134,6 +135,8 @@ pub struct Engine {
     abandon: CancellationToken,
     runners: TaskTracker,
     relay: Option<Arc<Relay>>,
+    /// Size limits on prompts and contexts; set once at start (`set_limits`).
+    limits: std::sync::OnceLock<DataLimits>,
 }
 
 impl Engine {
@@ -156,7 +159,17 @@ impl Engine {
             abandon: CancellationToken::new(),
             runners: TaskTracker::new(),
             relay,
+            limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the data limits (once; later calls are ignored).
+    pub fn set_limits(&self, limits: DataLimits) {
+        let _ = self.limits.set(limits);
+    }
+
+    fn limits(&self) -> DataLimits {
+        self.limits.get().copied().unwrap_or_default()
     }
 
     pub fn bus(&self) -> &EventBus {
@@ -535,6 +548,12 @@ impl Engine {
             .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
         let def = self.definition(&state.steps[idx]).await?;
         validation::user_input(def.input_schema.as_ref(), &input)?;
+        self.limits().context_with(
+            "input",
+            &state.exec.accumulated_context,
+            &format!("step_{order}_input"),
+            &input,
+        )?;
         let applied = self
             .apply(
                 &mut seq,
@@ -839,6 +858,15 @@ impl Engine {
                 &state.exec.accumulated_context,
                 step.user_input.as_ref(),
             ) {
+                Ok(p) if p.len() > self.limits().max_prompt_bytes => {
+                    let why = format!(
+                        "its rendered prompt is {} bytes; at most {} are allowed (MAX_PROMPT_BYTES)",
+                        p.len(),
+                        self.limits().max_prompt_bytes
+                    );
+                    self.fail(live, &mut state, idx, why).await?;
+                    return Ok(());
+                }
                 Ok(p) => p,
                 Err(missing) => {
                     self.fail(
@@ -901,6 +929,14 @@ impl Engine {
                 }
                 AgentOutcome::Done(output) => {
                     let at = now();
+                    let key = format!("step_{order}_output");
+                    if let Err(why) = self
+                        .limits()
+                        .output_fits(&output, &state.exec.accumulated_context, &key)
+                    {
+                        self.fail(live, &mut state, idx, why).await?;
+                        return Ok(());
+                    }
                     let done = is_last;
                     let applied = self
                         .write(

@@ -8,6 +8,7 @@ use crate::domain::steps::{NewStep, StepChanges};
 use crate::domain::validation as v;
 use crate::engine::agents::AgentRegistry;
 use crate::error::{ApiError, ApiResult};
+use crate::limits::DataLimits;
 
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
 pub const MAX_CATEGORY_CHARS: usize = 200;
@@ -94,9 +95,10 @@ fn maybe_json(v: MaybeUndefined<Json<Value>>) -> Option<Option<Value>> {
 
 impl WorkflowStepInput {
     /// Validates one step; `field` prefixes messages (e.g. `steps[2]` or `input`).
-    pub fn validate(self, field: &str, agents: &AgentRegistry) -> ApiResult<NewStep> {
+    pub fn validate(self, field: &str, agents: &AgentRegistry, limits: &DataLimits) -> ApiResult<NewStep> {
         v::agent_id(&format!("{field}.agentId"), &self.agent_id, agents)?;
         v::prompt_template(&format!("{field}.promptTemplate"), &self.prompt_template)?;
+        limits.prompt(&format!("{field}.promptTemplate"), &self.prompt_template)?;
         let input_schema = some_json(self.input_schema);
         if let Some(s) = &input_schema {
             v::input_schema(&format!("{field}.inputSchema"), s)?;
@@ -121,12 +123,13 @@ impl WorkflowStepInput {
 }
 
 impl UpdateWorkflowStepInput {
-    pub fn validate(self, agents: &AgentRegistry) -> ApiResult<StepChanges> {
+    pub fn validate(self, agents: &AgentRegistry, limits: &DataLimits) -> ApiResult<StepChanges> {
         if let Some(a) = &self.agent_id {
             v::agent_id("input.agentId", a, agents)?;
         }
         if let Some(p) = &self.prompt_template {
             v::prompt_template("input.promptTemplate", p)?;
+            limits.prompt("input.promptTemplate", p)?;
         }
         let input_schema = maybe_json(self.input_schema);
         if let Some(Some(s)) = &input_schema {
@@ -164,10 +167,14 @@ pub fn drive_name(raw: &str) -> ApiResult<String> {
     v::template_name("input.name", raw)
 }
 
-pub fn context_object(ctx: Option<Json<Value>>) -> ApiResult<Value> {
+/// The starting context: a JSON object within `MAX_CONTEXT_BYTES`.
+pub fn context_object(ctx: Option<Json<Value>>, limits: &DataLimits) -> ApiResult<Value> {
     match ctx.map(|j| j.0) {
         None | Some(Value::Null) => Ok(Value::Object(Default::default())),
-        Some(v @ Value::Object(_)) => Ok(v),
+        Some(v @ Value::Object(_)) => {
+            limits.context("context", &v)?;
+            Ok(v)
+        }
         Some(_) => Err(ApiError::bad_input("context: must be a JSON object")),
     }
 }

@@ -4,21 +4,27 @@
 pub mod inputs;
 pub mod loaders;
 pub mod mutation;
+mod observe;
 pub mod query;
 pub mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
+};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{ErrorExtensions, Schema, ServerError, ServerResult, ValidationResult, Variables};
+use async_graphql::{Schema, ServerError, ServerResult, ValidationResult, Variables};
 use sea_orm::DatabaseConnection;
 
 use crate::access::Access;
 use crate::auth::Viewer;
+use crate::config::Limits;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::Engine;
+use crate::limits::{DataLimits, QueryLimits, with_code};
+use crate::metrics::Metrics;
 use loaders::Loaders;
 
 pub type AppSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
@@ -28,6 +34,7 @@ pub struct SchemaData {
     pub db: DatabaseConnection,
     pub agents: Arc<AgentRegistry>,
     pub engine: Arc<Engine>,
+    pub limits: DataLimits,
 }
 
 /// One request's viewer, permissions and loaders.
@@ -50,8 +57,24 @@ impl RequestCtx {
     }
 }
 
+/// The schema with the default limits and no metrics.
 pub fn build_schema(data: Option<SchemaData>) -> AppSchema {
-    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription).extension(ErrorCodes);
+    build_schema_with(data, &Limits::default(), None)
+}
+
+/// The schema with the operation limits of `limits`; `metrics` counts and
+/// times every operation (and each gets a tracing span either way).
+pub fn build_schema_with(data: Option<SchemaData>, limits: &Limits, metrics: Option<Arc<Metrics>>) -> AppSchema {
+    // Extensions wrap in order: the observer sees every outcome, the limits
+    // run before the schema's own validation, and ErrorCodes gives whatever
+    // is left without a code its code.
+    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
+        .extension(observe::Observe { metrics })
+        .extension(QueryLimits::from(limits))
+        .extension(ErrorCodes);
+    if !limits.introspection {
+        builder = builder.disable_introspection();
+    }
     if let Some(data) = data {
         builder = builder.data(data);
     }
@@ -64,7 +87,9 @@ pub fn sdl() -> String {
 }
 
 /// Gives requests refused before they run an `extensions.code`:
-/// `GRAPHQL_PARSE_FAILED` or `GRAPHQL_VALIDATION_FAILED`.
+/// `GRAPHQL_PARSE_FAILED` or `GRAPHQL_VALIDATION_FAILED`; and errors that
+/// async-graphql raises while running (a variable or argument that does not
+/// fit its type) `BAD_USER_INPUT`. Resolver errors carry their own code.
 struct ErrorCodes;
 
 impl ExtensionFactory for ErrorCodes {
@@ -74,16 +99,6 @@ impl ExtensionFactory for ErrorCodes {
 }
 
 struct ErrorCodesExt;
-
-fn with_code(err: ServerError, code: &'static str) -> ServerError {
-    let mut err = err;
-    let has_code = err.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
-    if !has_code {
-        let e = async_graphql::Error::new(err.message.clone()).extend_with(|_, ext| ext.set("code", code));
-        err.extensions = e.extensions;
-    }
-    err
-}
 
 #[async_trait::async_trait]
 impl Extension for ErrorCodesExt {
@@ -109,5 +124,19 @@ impl Extension for ErrorCodesExt {
                 .map(|e| with_code(e, "GRAPHQL_VALIDATION_FAILED"))
                 .collect()
         })
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut resp = next.run(ctx, operation_name).await;
+        resp.errors = std::mem::take(&mut resp.errors)
+            .into_iter()
+            .map(|e| with_code(e, "BAD_USER_INPUT"))
+            .collect();
+        resp
     }
 }

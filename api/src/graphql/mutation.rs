@@ -25,6 +25,10 @@ fn agents<'a>(ctx: &'a Context<'_>) -> &'a crate::engine::agents::AgentRegistry 
     &ctx.data_unchecked::<SchemaData>().agents
 }
 
+fn limits<'a>(ctx: &'a Context<'_>) -> &'a crate::limits::DataLimits {
+    &ctx.data_unchecked::<SchemaData>().limits
+}
+
 fn engine<'a>(ctx: &'a Context<'_>) -> &'a std::sync::Arc<crate::engine::runner::Engine> {
     &ctx.data_unchecked::<SchemaData>().engine
 }
@@ -139,8 +143,13 @@ impl Mutation {
         let tags = v::tags("input.tags", input.tags.unwrap_or_default())?;
         let mut new_steps = Vec::new();
         for (i, s) in input.steps.unwrap_or_default().into_iter().enumerate() {
-            new_steps.push(s.validate(&format!("input.steps[{i}]"), agents(ctx))?);
+            new_steps.push(s.validate(&format!("input.steps[{i}]"), agents(ctx), limits(ctx))?);
         }
+        steps::check_template_size(
+            new_steps.iter().map(steps::NewStep::bytes).sum(),
+            limits(ctx).max_template_bytes,
+        )
+        .map_err(|e| prefix_steps_field(e, "input."))?;
         check_references(new_steps.iter().map(|s| s.prompt_template.as_str()))
             .map_err(|e| prefix_steps_field(e, "input."))?;
         let row = templates::create(
@@ -209,8 +218,8 @@ impl Mutation {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
         r.access.check_change_template(&template)?;
-        let new = input.validate("input", agents(ctx))?;
-        let row = steps::add(&r.db, &template.id, new, step_order).await?;
+        let new = input.validate("input", agents(ctx), limits(ctx))?;
+        let row = steps::add(&r.db, &template.id, new, step_order, limits(ctx).max_template_bytes).await?;
         Ok(WorkflowStep(Arc::new(row)))
     }
 
@@ -223,8 +232,8 @@ impl Mutation {
         let r = rctx(ctx);
         let (step, template) = visible_step(r, &id).await?;
         r.access.check_change_template(&template)?;
-        let changes = input.validate(agents(ctx))?;
-        let row = steps::update(&r.db, &step, changes).await?;
+        let changes = input.validate(agents(ctx), limits(ctx))?;
+        let row = steps::update(&r.db, &step, changes, limits(ctx).max_template_bytes).await?;
         Ok(WorkflowStep(Arc::new(row)))
     }
 
@@ -266,7 +275,7 @@ impl Mutation {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
         r.access.check_start_execution(&template)?;
-        let context = context_object(context)?;
+        let context = context_object(context, limits(ctx))?;
         let row = engine(ctx).start(&template, &r.viewer.id, context).await?;
         Ok(WorkflowExecution::new(row))
     }
@@ -280,6 +289,7 @@ impl Mutation {
     ) -> Result<WorkflowExecution> {
         let r = rctx(ctx);
         let exec = visible_execution(r, &execution_id).await?;
+        limits(ctx).input("input", &input.0)?;
         let row = engine(ctx).submit_input(&exec.id, input.0).await?;
         Ok(WorkflowExecution::new(row))
     }

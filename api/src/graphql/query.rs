@@ -6,7 +6,7 @@ use super::RequestCtx;
 use super::inputs::{WorkflowExecutionFilter, WorkflowTemplateFilter};
 use super::types::*;
 use crate::domain::executions::ExecutionFilter;
-use crate::domain::pagination::{Cursor, page_size};
+use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, page_size};
 use crate::domain::templates::TemplateFilter;
 use crate::domain::{self, drives, executions, templates, users};
 use crate::error::ApiError;
@@ -59,6 +59,7 @@ impl Query {
     }
 
     /// A drive's templates the viewer may see, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn workflow_templates(
         &self,
         ctx: &Context<'_>,
@@ -114,6 +115,7 @@ impl Query {
     }
 
     /// Executions the viewer may see, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn workflow_executions(
         &self,
         ctx: &Context<'_>,
@@ -159,6 +161,13 @@ impl Query {
             .filter(|e| r.access.can_see_execution(e))
             .map(WorkflowExecution::new))
     }
+}
+
+/// A page costs its fields once per row it may hold (`first`, default 20; a
+/// `first` over 100 is refused when the field runs, so it counts as 100).
+fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = first.map_or(DEFAULT_PAGE, |n| n.clamp(1, MAX_PAGE as i32) as u64) as usize;
+    rows.saturating_mul(child_complexity).saturating_add(1)
 }
 
 fn empty_page_info() -> PageInfo {
