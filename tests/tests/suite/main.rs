@@ -4,7 +4,9 @@
 
 mod auth;
 mod executions;
+mod hostile;
 mod instances;
+mod limits;
 mod openai;
 mod permissions;
 mod schema_db;
