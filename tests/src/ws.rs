@@ -91,6 +91,11 @@ impl WsClient {
         }
     }
 
+    /// Sends any protocol message as it is.
+    pub async fn send_raw(&mut self, message: Value) {
+        self.send(message).await;
+    }
+
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
         let kind = match self.protocol {
             Protocol::TransportWs => "subscribe",

@@ -7,6 +7,7 @@ mod executions;
 mod hostile;
 mod instances;
 mod limits;
+mod observability;
 mod openai;
 mod permissions;
 mod schema_db;
@@ -14,6 +15,7 @@ mod schema_file;
 mod statements;
 mod subscriptions;
 mod templates;
+mod ws_guard;
 
 use serde_json::{Value, json};
 use workflows_tests::{TestApp, error_code, error_message};
