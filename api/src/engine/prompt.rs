@@ -199,4 +199,107 @@ mod tests {
         assert_eq!(step_reference("step_x_output"), None);
         assert_eq!(step_reference("code"), None);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        /// Text made of the characters that matter to the scanner.
+        fn tricky_text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("{".to_owned()),
+                    Just("}".to_owned()),
+                    Just("{{".to_owned()),
+                    Just("}}".to_owned()),
+                    Just(" ".to_owned()),
+                    Just(".".to_owned()),
+                    Just("a".to_owned()),
+                    Just("b_1".to_owned()),
+                    Just("0".to_owned()),
+                    Just("é🦀".to_owned()),
+                    "[a-z{}. ]{0,4}",
+                ],
+                0..40,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9_]{0,6}"
+        }
+
+        /// Plain text: no braces at all.
+        fn plain() -> impl Strategy<Value = String> {
+            "[^{}]{0,12}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn placeholders_are_well_formed(t in tricky_text()) {
+                let mut last_end = 0;
+                for p in placeholders(&t) {
+                    prop_assert!(p.start >= last_end);
+                    prop_assert!(t.is_char_boundary(p.start) && t.is_char_boundary(p.end));
+                    let whole = &t[p.start..p.end];
+                    prop_assert!(whole.starts_with("{{") && whole.ends_with("}}"));
+                    prop_assert_eq!(whole[2..whole.len() - 2].trim_matches(' '), p.path);
+                    last_end = p.end;
+                }
+            }
+
+            #[test]
+            fn rendering_never_panics_and_names_only_real_placeholders(
+                t in tricky_text(),
+                keys in proptest::collection::vec(name(), 0..4),
+            ) {
+                let ctx: Map<String, Value> = keys.iter().map(|k| (k.clone(), json!(k))).collect();
+                match render(&t, &Value::Object(ctx), None) {
+                    Ok(out) => {
+                        // With no placeholders the text is returned as is.
+                        if placeholders(&t).is_empty() {
+                            prop_assert_eq!(out, t);
+                        }
+                    }
+                    Err(MissingVariable(v)) => {
+                        prop_assert!(placeholders(&t).iter().any(|p| p.path == v));
+                    }
+                }
+            }
+
+            #[test]
+            fn rendering_substitutes_exactly(
+                parts in proptest::collection::vec((plain(), name(), plain(), 0usize..3), 1..6),
+            ) {
+                let mut template = String::new();
+                let mut expected = String::new();
+                let mut ctx = Map::new();
+                for (before, key, value, spaces) in &parts {
+                    let pad = " ".repeat(*spaces);
+                    template.push_str(before);
+                    template.push_str(&format!("{{{{{pad}{key}{pad}}}}}"));
+                    ctx.entry(key.clone()).or_insert_with(|| json!(value));
+                    expected.push_str(before);
+                    expected.push_str(ctx[key].as_str().unwrap());
+                }
+                prop_assert_eq!(render(&template, &Value::Object(ctx), None).unwrap(), expected);
+            }
+
+            #[test]
+            fn objects_render_the_same_whatever_their_key_order(
+                entries in proptest::collection::btree_map(name(), any::<i32>(), 0..6),
+            ) {
+                let forward: Map<String, Value> = entries.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                let backward: Map<String, Value> = entries.iter().rev().map(|(k, v)| (k.clone(), json!(v))).collect();
+                let a = render("{{o}}", &json!({"o": forward}), None).unwrap();
+                let b = render("{{o}}", &json!({"o": backward}), None).unwrap();
+                prop_assert_eq!(&a, &b);
+                let back: Value = serde_json::from_str(&a).unwrap();
+                prop_assert_eq!(back, json!(entries));
+            }
+        }
+    }
 }

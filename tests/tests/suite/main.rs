@@ -10,6 +10,7 @@ mod limits;
 mod observability;
 mod openai;
 mod permissions;
+mod props;
 mod schema_db;
 mod schema_file;
 mod statements;
