@@ -131,9 +131,10 @@ impl Application {
         // Limits first: runs taken over in the background obey them too.
         let data_limits = DataLimits::from(&config.limits);
         engine.set_limits(data_limits);
-        engine.start_background();
         let metrics = Metrics::new();
-        metrics.watch_steps(engine.bus());
+        let observer = metrics.clone();
+        engine.set_step_observer(Box::new(move |step| observer.step_written(step)));
+        engine.start_background();
         let schema = graphql::build_schema_with(
             Some(SchemaData {
                 db: db.clone(),

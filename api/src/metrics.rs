@@ -7,16 +7,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use entity::{ExecutionStatus, StepStatus, workflow_execution as execution};
+use entity::{ExecutionStatus, StepStatus, workflow_execution as execution, workflow_execution_step as exec_step};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, EntityTrait, QuerySelect};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::db::StatementCounter;
-use crate::events::{EventBus, EventKind};
 
 /// Operation names are chosen by clients: past this many distinct ones, new
 /// names are counted as `other` so a client cannot grow the label set.
@@ -163,41 +161,26 @@ impl Metrics {
         self.ws_connections.dec();
     }
 
-    /// Records finished steps from the event bus (this process's runs).
-    pub fn watch_steps(self: &Arc<Self>, bus: &EventBus) {
-        let mut rx = bus.subscribe();
-        let metrics = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let ev = match rx.recv().await {
-                    Ok(ev) => ev,
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(metrics) = metrics.upgrade() else { return };
-                if ev.kind != EventKind::StepUpdated {
-                    continue;
-                }
-                let Some(step) = &ev.step else { continue };
-                let outcome = match step.status {
-                    StepStatus::Completed => "completed",
-                    StepStatus::Failed => "failed",
-                    _ => continue,
-                };
-                let (Some(start), Some(end)) = (step.started_at, step.completed_at) else {
-                    continue;
-                };
-                let agent = step
-                    .agent_input
-                    .as_ref()
-                    .and_then(|i| i.get("agentId"))
-                    .or_else(|| step.definition.as_ref().and_then(|d| d.get("agentId")))
-                    .and_then(|a| a.as_str())
-                    .unwrap_or("unknown");
-                let secs = (end - start).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                metrics.step_duration.with_label_values(&[agent, outcome]).observe(secs);
-            }
-        });
+    /// Records a step that finished (COMPLETED or FAILED), from the runner's
+    /// writes on this instance, so each step counts once across instances.
+    pub fn step_written(&self, step: &exec_step::Model) {
+        let outcome = match step.status {
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+            _ => return,
+        };
+        let (Some(start), Some(end)) = (step.started_at, step.completed_at) else {
+            return;
+        };
+        let agent = step
+            .agent_input
+            .as_ref()
+            .and_then(|i| i.get("agentId"))
+            .or_else(|| step.definition.as_ref().and_then(|d| d.get("agentId")))
+            .and_then(|a| a.as_str())
+            .unwrap_or("unknown");
+        let secs = (end - start).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+        self.step_duration.with_label_values(&[agent, outcome]).observe(secs);
     }
 
     /// The text exposition, with the scrape-time gauges refreshed.

@@ -137,7 +137,12 @@ pub struct Engine {
     relay: Option<Arc<Relay>>,
     /// Size limits on prompts and contexts; set once at start (`set_limits`).
     limits: std::sync::OnceLock<DataLimits>,
+    /// Told of every step record this instance writes (metrics).
+    step_observer: std::sync::OnceLock<StepObserver>,
 }
+
+/// Called with a step record after this instance committed a change to it.
+pub type StepObserver = Box<dyn Fn(&exec_step::Model) + Send + Sync>;
 
 impl Engine {
     pub fn new(
@@ -160,6 +165,7 @@ impl Engine {
             runners: TaskTracker::new(),
             relay,
             limits: std::sync::OnceLock::new(),
+            step_observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -170,6 +176,11 @@ impl Engine {
 
     fn limits(&self) -> DataLimits {
         self.limits.get().copied().unwrap_or_default()
+    }
+
+    /// Sets the step observer (once; later calls are ignored).
+    pub fn set_step_observer(&self, observer: StepObserver) {
+        let _ = self.step_observer.set(observer);
     }
 
     pub fn bus(&self) -> &EventBus {
@@ -374,6 +385,9 @@ impl Engine {
             }
             s.updated_at = at;
             changed_step = Some(s.clone());
+        }
+        if let (Some(observe), Some(s)) = (self.step_observer.get(), &changed_step) {
+            observe(s);
         }
         *seq = Some(new_seq);
         for (i, kind) in change.events.iter().enumerate() {
