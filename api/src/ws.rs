@@ -24,7 +24,7 @@ use async_graphql::http::{WebSocketProtocols, WsMessage};
 use async_graphql::{Data, ErrorExtensions};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::HeaderMap;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -305,17 +305,42 @@ pub async fn serve(
                     }
                 }
             }
-            outgoing = gql.next() => match outgoing {
-                Some(WsMessage::Text(t)) => {
-                    conn.outbound(&t);
-                    vec![Message::Text(t.into())]
+            outgoing = gql.next() => {
+                // A burst (streamed deltas) goes out in one write: take what
+                // else is ready now, and flush once.
+                let mut batch = Vec::new();
+                let mut next = outgoing;
+                let mut end = false;
+                loop {
+                    match next {
+                        Some(WsMessage::Text(t)) => {
+                            conn.outbound(&t);
+                            batch.push(Message::Text(t.into()));
+                        }
+                        Some(WsMessage::Close(code, reason)) => {
+                            batch.push(close(code, &reason));
+                            end = true;
+                            break;
+                        }
+                        None => {
+                            end = true;
+                            break;
+                        }
+                    }
+                    if batch.len() >= 256 {
+                        break;
+                    }
+                    match gql.next().now_or_never() {
+                        Some(n) => next = n,
+                        None => break,
+                    }
                 }
-                Some(WsMessage::Close(code, reason)) => {
-                    let _ = send_all(&mut sink, vec![close(code, &reason)]).await;
+                if end {
+                    let _ = send_all(&mut sink, batch).await;
                     break;
                 }
-                None => break,
-            },
+                batch
+            }
             _ = &mut init_deadline, if conn.slot.is_none() => {
                 let _ = send_all(&mut sink, vec![close(4408, "Connection initialisation timeout")]).await;
                 break;
@@ -340,8 +365,11 @@ async fn send_all(
     sink: &mut futures::stream::SplitSink<WebSocket, Message>,
     msgs: Vec<Message>,
 ) -> Result<(), axum::Error> {
-    for m in msgs {
-        sink.send(m).await?;
+    if msgs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    for m in msgs {
+        sink.feed(m).await?;
+    }
+    sink.flush().await
 }

@@ -135,6 +135,10 @@ impl Subscription {
                 };
                 if resync {
                     match Box::pin(engine.snapshot(&id)).await {
+                        // Lagging again before anything new happened: the
+                        // subscriber already has this state, so a second
+                        // SNAPSHOT with the same sequence is not sent.
+                        Ok(Some(snap)) if snap.sequence <= last && !snap.execution.status.is_terminal() => {}
                         Ok(Some(snap)) => {
                             last = snap.sequence;
                             let done = snap.execution.status.is_terminal();
