@@ -114,8 +114,9 @@ pub struct Limits {
     #[arg(long, env = "MAX_INPUT_BYTES", default_value_t = MIB)]
     pub max_input_bytes: usize,
 
-    /// Largest `accumulatedContext` of an execution, in bytes of JSON.
-    #[arg(long, env = "MAX_CONTEXT_BYTES", default_value_t = MIB)]
+    /// Largest `accumulatedContext` of an execution, in bytes of JSON. It
+    /// grows with every step, so it gets more room than one prompt or input.
+    #[arg(long, env = "MAX_CONTEXT_BYTES", default_value_t = 8 * MIB)]
     pub max_context_bytes: usize,
 
     /// Time a WebSocket client has to send `connection_init`.
@@ -150,7 +151,7 @@ impl Default for Limits {
             max_template_bytes: MIB,
             max_prompt_bytes: MIB,
             max_input_bytes: MIB,
-            max_context_bytes: MIB,
+            max_context_bytes: 8 * MIB,
             ws_init_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(15),
             max_subscriptions_per_connection: 50,
