@@ -41,6 +41,7 @@ impl ServerProcess {
             .env("DATABASE_URL", database_url)
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_SECRET", secret)
+            .env("MAX_CONNECTIONS_PER_USER", super::MANY_CONNECTIONS.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

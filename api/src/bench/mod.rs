@@ -29,6 +29,8 @@ use data::DataSize;
 use load::GqlRequest;
 
 const SECRET: &str = "workflows-bench-secret";
+/// The per-user WebSocket limit while benchmarking (all subscribers are one user).
+pub const MANY_CONNECTIONS: usize = 1_000_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -224,6 +226,8 @@ impl InProcess {
     async fn start(database_url: &str) -> anyhow::Result<Self> {
         let mut config = Config::for_database(database_url);
         config.jwt_secret = Some(SECRET.into());
+        // The bench's subscribers are all one user: lift the per-user cap.
+        config.limits.max_connections_per_user = MANY_CONNECTIONS;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("bench-server".into()).spawn(move || {
