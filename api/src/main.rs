@@ -8,6 +8,12 @@ use workflows::app::Application;
 use workflows::auth::{JwtKeys, parse_ttl};
 use workflows::config::Config;
 
+// The server allocates a great deal per request (every field of every
+// response); mimalloc serves that about three times faster than glibc's
+// allocator (profile and A/B run in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "workflows", version, about = "Multi-step AI agent workflows over GraphQL")]
 struct Cli {
@@ -19,10 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (the default).
-    Serve,
+    /// Run the server (the default). Settings may come before or after `serve`.
+    Serve(Box<Config>),
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate(Box<Config>),
     /// Print a signed token (needs JWT_SECRET).
     Token {
         #[arg(long)]
@@ -50,11 +56,16 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Bench(_)) => "warn",
         _ => workflows::telemetry::DEFAULT_FILTER,
     };
-    workflows::telemetry::init(cli.config.http.log_format, default_filter);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config).await,
-        Command::Migrate => {
-            let (db, _) = workflows::db::connect(&cli.config.database_url, 2).await?;
+    // `workflows serve --listen …` and `workflows --listen …` both work.
+    let config = match &cli.command {
+        Some(Command::Serve(c)) | Some(Command::Migrate(c)) => (**c).clone(),
+        _ => cli.config.clone(),
+    };
+    workflows::telemetry::init(config.http.log_format, default_filter);
+    match cli.command.unwrap_or(Command::Serve(Box::new(config.clone()))) {
+        Command::Serve(_) => serve(config).await,
+        Command::Migrate(_) => {
+            let (db, _) = workflows::db::connect(&config.database_url, 2).await?;
             workflows::db::migrate(&db).await?;
             println!("migrations applied");
             Ok(())
