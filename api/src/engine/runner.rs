@@ -500,42 +500,75 @@ impl Engine {
                 updated_at: at,
             })
             .collect();
-        let txn = self.db.begin().await?;
-        execution::Entity::insert(execution::ActiveModel::from(exec.clone()))
-            .exec_without_returning(&txn)
-            .await?;
-        exec_step::Entity::insert_many(records.iter().cloned().map(exec_step::ActiveModel::from))
-            .exec_without_returning(&txn)
-            .await?;
-        txn.commit().await?;
+        let event = ExecutionEvent {
+            kind: EventKind::ExecutionUpdated,
+            sequence: 1,
+            at,
+            execution: Arc::new(exec.clone()),
+            steps: Arc::new(records),
+            step: None,
+            delta: None,
+        };
+        let insert_exec = execution::Entity::insert(execution::ActiveModel::from(exec.clone()));
+        let insert_steps =
+            exec_step::Entity::insert_many(event.steps.iter().cloned().map(exec_step::ActiveModel::from));
+        match &self.relay {
+            // PostgreSQL: both inserts and the note in one statement.
+            Some(relay) => {
+                use sea_orm::QueryTrait;
+                use sea_orm::sea_query::PostgresQueryBuilder;
+                let mut e = insert_exec.into_query();
+                e.returning_col(execution::Column::Id);
+                let (e_sql, values) = e.build(PostgresQueryBuilder);
+                let mut values = values.0;
+                let (s_sql, s_values) = insert_steps.into_query().build(PostgresQueryBuilder);
+                let sql_steps = shift_placeholders(&s_sql, values.len());
+                values.extend(s_values.0);
+                values.push(
+                    serde_json::to_string(&Note::of(&relay.instance, &event))
+                        .expect("note")
+                        .into(),
+                );
+                let sql = format!(
+                    "WITH e AS ({e_sql}), s AS ({sql_steps}) SELECT pg_notify('{}', ${})::text FROM e",
+                    relay::CHANNEL,
+                    values.len()
+                );
+                self.db
+                    .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                    .await?;
+            }
+            None => {
+                let txn = self.db.begin().await?;
+                insert_exec.exec_without_returning(&txn).await?;
+                insert_steps.exec_without_returning(&txn).await?;
+                txn.commit().await?;
+            }
+        }
+        let state = RunState {
+            exec: event.execution.clone(),
+            steps: event.steps.clone(),
+        };
         let live = self.live(&exec.id);
         {
             let mut seq = live.seq.lock().await;
             *seq = Some(1);
-            let event = ExecutionEvent {
-                kind: EventKind::ExecutionUpdated,
-                sequence: 1,
-                at,
-                execution: Arc::new(exec.clone()),
-                steps: Arc::new(records),
-                step: None,
-                delta: None,
-            };
-            self.tell_others(&event).await;
             self.bus.publish(event);
         }
-        self.spawn(exec.id.clone());
+        self.spawn(exec.id.clone(), Some(state));
         Ok(exec)
     }
 
-    fn spawn(self: &Arc<Self>, id: String) {
+    /// Runs `id` in the background; `state` is its rows when the caller
+    /// just wrote them (else they are read).
+    fn spawn(self: &Arc<Self>, id: String, state: Option<RunState>) {
         let engine = self.clone();
         self.runners.spawn(async move {
             let live = engine.live(&id);
             if live.runner.swap(true, Ordering::SeqCst) {
                 return; // Already being worked on in this process.
             }
-            if let Err(e) = engine.run(&live, &id).await {
+            if let Err(e) = engine.run(&live, &id, state).await {
                 tracing::error!(execution = %id, error = %e, "run stopped by a database error");
             }
             live.runner.store(false, Ordering::SeqCst);
@@ -596,8 +629,9 @@ impl Engine {
             return Err(ApiError::Conflict("the execution is no longer PAUSED".into()));
         }
         drop(seq);
-        self.spawn(id.to_owned());
-        Ok((*state.exec).clone())
+        let exec = (*state.exec).clone();
+        self.spawn(id.to_owned(), Some(state));
+        Ok(exec)
     }
 
     /// Stops a RUNNING or PAUSED execution: CANCELLED, and a step in flight
@@ -739,8 +773,12 @@ impl Engine {
         Ok(())
     }
 
-    async fn run(&self, live: &Live, id: &str) -> Result<(), DbErr> {
-        let Some(mut state) = self.load(id).await? else {
+    async fn run(&self, live: &Live, id: &str, state: Option<RunState>) -> Result<(), DbErr> {
+        let state = match state {
+            Some(s) => Some(s),
+            None => self.load(id).await?,
+        };
+        let Some(mut state) = state else {
             return Ok(());
         };
         loop {
@@ -1237,7 +1275,7 @@ impl Engine {
                         for id in ids {
                             tracing::info!(execution = %id, "taking over a run nobody was working on");
                             engine.forget(&id);
-                            engine.spawn(id);
+                            engine.spawn(id, None);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "sweeping for orphaned runs failed"),
