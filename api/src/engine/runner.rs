@@ -839,30 +839,18 @@ impl Engine {
                             .write(
                                 live,
                                 &mut state,
-                                Change {
-                                    expect: &[ExecutionStatus::Running],
-                                    owned: true,
-                                    exec: ExecPatch {
-                                        current_step_order: next_order.map(Some),
-                                        status: done.then_some(ExecutionStatus::Completed),
-                                        lease: done.then_some(None),
-                                        completed_at: done.then_some(at),
+                                step_finished(
+                                    idx,
+                                    next_order,
+                                    done,
+                                    at,
+                                    StepPatch {
+                                        status: Some(StepStatus::Skipped),
+                                        completed_at: Some(at),
                                         ..Default::default()
                                     },
-                                    step: Some((
-                                        idx,
-                                        StepPatch {
-                                            status: Some(StepStatus::Skipped),
-                                            completed_at: Some(at),
-                                            ..Default::default()
-                                        },
-                                    )),
-                                    events: if done {
-                                        &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
-                                    } else {
-                                        &[EventKind::StepUpdated]
-                                    },
-                                },
+                                    None,
+                                ),
                             )
                             .await?;
                         if !applied {
@@ -994,32 +982,19 @@ impl Engine {
                         .write(
                             live,
                             &mut state,
-                            Change {
-                                expect: &[ExecutionStatus::Running],
-                                owned: true,
-                                exec: ExecPatch {
-                                    context_add: Some((format!("step_{order}_output"), output.clone())),
-                                    current_step_order: next_order.map(Some),
-                                    status: done.then_some(ExecutionStatus::Completed),
-                                    lease: done.then_some(None),
-                                    completed_at: done.then_some(at),
+                            step_finished(
+                                idx,
+                                next_order,
+                                done,
+                                at,
+                                StepPatch {
+                                    status: Some(StepStatus::Completed),
+                                    agent_output: Some(output.clone()),
+                                    completed_at: Some(at),
                                     ..Default::default()
                                 },
-                                step: Some((
-                                    idx,
-                                    StepPatch {
-                                        status: Some(StepStatus::Completed),
-                                        agent_output: Some(output),
-                                        completed_at: Some(at),
-                                        ..Default::default()
-                                    },
-                                )),
-                                events: if done {
-                                    &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
-                                } else {
-                                    &[EventKind::StepUpdated]
-                                },
-                            },
+                                Some((format!("step_{order}_output"), output)),
+                            ),
                         )
                         .await?;
                     if !applied || done {
@@ -1479,6 +1454,36 @@ impl Engine {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not hand back leases"),
         }
+    }
+}
+
+/// A step that ended well (COMPLETED or SKIPPED): the run moves on to the
+/// next step, or is COMPLETED (and its lease let go) when it was the last.
+fn step_finished(
+    idx: usize,
+    next_order: Option<i32>,
+    last: bool,
+    at: NaiveDateTime,
+    step: StepPatch,
+    context_add: Option<(String, Value)>,
+) -> Change {
+    Change {
+        expect: &[ExecutionStatus::Running],
+        owned: true,
+        exec: ExecPatch {
+            context_add,
+            current_step_order: next_order.map(Some),
+            status: last.then_some(ExecutionStatus::Completed),
+            lease: last.then_some(None),
+            completed_at: last.then_some(at),
+            ..Default::default()
+        },
+        step: Some((idx, step)),
+        events: if last {
+            &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+        } else {
+            &[EventKind::StepUpdated]
+        },
     }
 }
 
