@@ -5,15 +5,9 @@
 //! templates, prompts, inputs and contexts) are `BAD_USER_INPUT` at the edge.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
-};
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{
-    ErrorExtensions, Pos, Positioned, Request, ServerError, ServerResult, ValidationResult, Variables,
-};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::{ErrorExtensions, Pos, Positioned, Request, ServerError, ServerResult, Variables};
 use serde_json::Value;
 
 use crate::config::Limits;
@@ -53,7 +47,7 @@ fn bad_input_error(message: impl Into<String>) -> ServerError {
     err
 }
 
-/// The operation limits of `Limits`, as a schema extension.
+/// The operation limits of `Limits`, checked by `admit` before a request runs.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
     pub max_depth: usize,
@@ -77,23 +71,26 @@ impl From<&Limits> for QueryLimits {
     }
 }
 
-impl ExtensionFactory for QueryLimits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
+/// What a request turned out to be once parsed: for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    /// The operation's name, if it has one.
+    pub name: Option<String>,
+    /// `query`, `mutation`, `subscription`, or `unknown` (not found).
+    pub kind: &'static str,
 }
 
-#[async_trait::async_trait]
-impl Extension for QueryLimits {
-    /// Parses the query here, once, and measures it before anything else
-    /// walks it: async-graphql's own checks expand fragments without
-    /// memoizing, so a fragment bomb must be refused first.
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
+impl QueryLimits {
+    /// Checks a request before the schema sees it, and parses it here, once
+    /// (the schema reuses the parsed document): NUL characters, bracket
+    /// nesting, syntax, then the operation limits on the parsed document —
+    /// before anything else walks it, since async-graphql's own checks expand
+    /// fragments without memoizing and a fragment bomb must be refused first.
+    ///
+    /// These are plain functions rather than a schema extension: any
+    /// extension sends every field of every response through async-graphql's
+    /// slow path (type lookups and a chain of boxed futures per field).
+    pub fn admit(&self, request: &mut Request) -> Result<Admitted, ServerError> {
         // PostgreSQL cannot store U+0000 in text or JSONB: refuse it up front
         // rather than fail deep inside a write.
         if request.query.contains("\\u0000") || request.query.contains('\0') || variables_have_nul(&request.variables) {
@@ -108,50 +105,65 @@ impl Extension for QueryLimits {
                 None,
             ));
         }
-        match request.parsed_query() {
-            Ok(doc) => self.check(doc)?,
-            Err(e) => return Err(with_code(e, "GRAPHQL_PARSE_FAILED")),
-        }
-        next.run(ctx, request).await
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(|e| {
-            // Raised by async-graphql's own recursion guard: a size limit, not bad syntax.
-            if e.message.contains("recursion depth") || e.message.contains("recursion limit") {
-                validation_error(
-                    format!("the query is nested too deeply: {}", e.message),
-                    e.locations.first().copied(),
-                )
-            } else {
-                e
-            }
+        let wanted = request.operation_name.clone();
+        let doc = request
+            .parsed_query()
+            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
+        self.check(doc)?;
+        let op = doc.operations.iter().find(|(name, _)| match (&wanted, name) {
+            (Some(want), Some(n)) => n.as_str() == want,
+            (Some(_), None) => false,
+            (None, _) => true,
+        });
+        Ok(match op {
+            Some((name, op)) => Admitted {
+                name: name.map(|n| n.to_string()),
+                kind: match op.node.ty {
+                    OperationType::Query => "query",
+                    OperationType::Mutation => "mutation",
+                    OperationType::Subscription => "subscription",
+                },
+            },
+            None => Admitted {
+                name: None,
+                kind: "unknown",
+            },
         })
     }
 
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
-        if result.complexity > self.max_complexity {
-            return Err(vec![validation_error(
-                format!(
-                    "the query's complexity is {}, over the limit of {} (MAX_QUERY_COMPLEXITY): each field costs 1 \
-                     and a list asked for with `first: n` costs n times its fields; ask for fewer fields or smaller pages",
-                    result.complexity, self.max_complexity
-                ),
-                None,
-            )]);
+    /// Gives each error that async-graphql raised without a code its code:
+    /// errors on a field (they have a path: a variable or argument that does
+    /// not fit its type) are `BAD_USER_INPUT`; errors of the whole document
+    /// (validation, its recursion guard, complexity) `GRAPHQL_VALIDATION_FAILED`.
+    /// Resolver errors carry their own code and are left as they are.
+    pub fn code_errors(&self, errors: &mut [ServerError]) {
+        for e in errors.iter_mut() {
+            if e.extensions.as_ref().is_some_and(|x| x.get("code").is_some()) {
+                continue;
+            }
+            if !e.path.is_empty() {
+                *e = with_code(std::mem::replace(e, ServerError::new("", None)), "BAD_USER_INPUT");
+            } else if e.message == "Query is too complex." {
+                let mut err = validation_error(
+                    format!(
+                        "the query's complexity is over the limit of {} (MAX_QUERY_COMPLEXITY): each field costs 1 \
+                         and a list asked for with `first: n` costs n times its fields; ask for fewer fields or smaller pages",
+                        self.max_complexity
+                    ),
+                    e.locations.first().copied(),
+                );
+                err.path = std::mem::take(&mut e.path);
+                *e = err;
+            } else if e.message.contains("recursion depth") || e.message.contains("recursion limit") {
+                // Raised by async-graphql's own recursion guard: a size limit, not bad syntax.
+                *e = validation_error(
+                    format!("the query is nested too deeply: {}", e.message),
+                    e.locations.first().copied(),
+                );
+            } else {
+                *e = with_code(std::mem::replace(e, ServerError::new("", None)), "GRAPHQL_VALIDATION_FAILED");
+            }
         }
-        Ok(result)
     }
 }
 
@@ -405,8 +417,9 @@ impl DataLimits {
     }
 
     /// `BAD_USER_INPUT` when adding `key: value` would take `context` over the limit.
-    pub fn context_with(&self, field: &str, context: &Value, key: &str, value: &Value) -> ApiResult<()> {
-        let size = context_size_with(context, key, value);
+    /// `base`: the compact JSON size of `context` as it is.
+    pub fn context_with(&self, field: &str, context: &Value, base: usize, key: &str, value: &Value) -> ApiResult<()> {
+        let size = context_size_after(context, base, key, value);
         if size > self.max_context_bytes {
             return Err(ApiError::bad_input(format!(
                 "{field}: would make accumulatedContext {size} bytes; at most {} are allowed (MAX_CONTEXT_BYTES)",
@@ -418,11 +431,12 @@ impl DataLimits {
 
     /// Whether an agent's output may be stored and added to the context as
     /// `key`: `Err` says why not, for the step's error message (nothing is cut).
-    pub fn output_fits(&self, output: &Value, context: &Value, key: &str) -> Result<(), String> {
+    /// `base`: the compact JSON size of `context` as it is.
+    pub fn output_fits(&self, output: &Value, context: &Value, base: usize, key: &str) -> Result<(), String> {
         if value_has_nul(output) {
             return Err("its output contains the NUL character (\\u0000), which cannot be stored".into());
         }
-        let size = context_size_with(context, key, output);
+        let size = context_size_after(context, base, key, output);
         if size > self.max_context_bytes {
             return Err(format!(
                 "its output ({} bytes) would make accumulatedContext {size} bytes; at most {} are allowed \
@@ -438,11 +452,16 @@ impl DataLimits {
 /// The compact JSON size of `context` with `key` set to `value`, computed
 /// without copying the context.
 pub fn context_size_with(context: &Value, key: &str, value: &Value) -> usize {
+    context_size_after(context, json_bytes(context), key, value)
+}
+
+/// Like `context_size_with`, given `base`, the size of `context` as it is:
+/// costs the size of the key's old and new value, not of the context.
+pub fn context_size_after(context: &Value, base: usize, key: &str, value: &Value) -> usize {
     let Some(map) = context.as_object() else {
-        return json_bytes(context);
+        return base;
     };
     let entry = |v: &Value| json_bytes(&Value::String(key.to_owned())) + 1 + json_bytes(v);
-    let base = json_bytes(context);
     match map.get(key) {
         Some(old) => base - entry(old) + entry(value),
         None => base + entry(value) + usize::from(!map.is_empty()),

@@ -2,20 +2,17 @@
 //! domain, map the result), DataLoaders, and the per-request context.
 
 pub mod inputs;
+pub mod json;
 pub mod loaders;
 pub mod mutation;
-mod observe;
+pub mod observe;
 pub mod query;
 pub mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
-};
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Schema, ServerError, ServerResult, ValidationResult, Variables};
+use async_graphql::Schema;
 use sea_orm::DatabaseConnection;
 
 use crate::access::Access;
@@ -23,8 +20,7 @@ use crate::auth::Viewer;
 use crate::config::Limits;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::Engine;
-use crate::limits::{DataLimits, QueryLimits, with_code};
-use crate::metrics::Metrics;
+use crate::limits::DataLimits;
 use loaders::Loaders;
 
 pub type AppSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
@@ -57,21 +53,18 @@ impl RequestCtx {
     }
 }
 
-/// The schema with the default limits and no metrics.
+/// The schema with the default limits.
 pub fn build_schema(data: Option<SchemaData>) -> AppSchema {
-    build_schema_with(data, &Limits::default(), None)
+    build_schema_with(data, &Limits::default())
 }
 
-/// The schema with the operation limits of `limits`; `metrics` counts and
-/// times every operation (and each gets a tracing span either way).
-pub fn build_schema_with(data: Option<SchemaData>, limits: &Limits, metrics: Option<Arc<Metrics>>) -> AppSchema {
-    // Extensions wrap in order: the observer sees every outcome, the limits
-    // run before the schema's own validation, and ErrorCodes gives whatever
-    // is left without a code its code.
+/// The schema with the complexity limit and introspection setting of
+/// `limits`. It has no extensions (they would slow down every field): the
+/// other operation limits, error codes, spans and metrics are applied around
+/// it, by `observe::execute` for HTTP and by `ws` for subscriptions.
+pub fn build_schema_with(data: Option<SchemaData>, limits: &Limits) -> AppSchema {
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .extension(observe::Observe { metrics })
-        .extension(QueryLimits::from(limits))
-        .extension(ErrorCodes);
+        .limit_complexity(limits.max_query_complexity);
     if !limits.introspection {
         builder = builder.disable_introspection();
     }
@@ -84,59 +77,4 @@ pub fn build_schema_with(data: Option<SchemaData>, limits: &Limits, metrics: Opt
 /// The SDL that `workflows schema` writes to `schema.graphql`.
 pub fn sdl() -> String {
     build_schema(None).sdl()
-}
-
-/// Gives requests refused before they run an `extensions.code`:
-/// `GRAPHQL_PARSE_FAILED` or `GRAPHQL_VALIDATION_FAILED`; and errors that
-/// async-graphql raises while running (a variable or argument that does not
-/// fit its type) `BAD_USER_INPUT`. Resolver errors carry their own code.
-struct ErrorCodes;
-
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodesExt)
-    }
-}
-
-struct ErrorCodesExt;
-
-#[async_trait::async_trait]
-impl Extension for ErrorCodesExt {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))
-    }
-
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errs| {
-            errs.into_iter()
-                .map(|e| with_code(e, "GRAPHQL_VALIDATION_FAILED"))
-                .collect()
-        })
-    }
-
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> async_graphql::Response {
-        let mut resp = next.run(ctx, operation_name).await;
-        resp.errors = std::mem::take(&mut resp.errors)
-            .into_iter()
-            .map(|e| with_code(e, "BAD_USER_INPUT"))
-            .collect();
-        resp
-    }
 }

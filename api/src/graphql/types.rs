@@ -1,15 +1,15 @@
 //! The GraphQL object types of API.md. Each wraps an entity model; nested
 //! fields go through the request's DataLoaders.
 
-use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use entity::{drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step};
 use entity::{workflow_step as step, workflow_template as template};
 use std::sync::Arc;
 
 use sea_orm::Condition;
-use serde_json::Value;
 
+use super::json::StoredJson;
 use super::{RequestCtx, loaders::LoadError};
 use crate::error::ApiError;
 
@@ -295,14 +295,14 @@ impl WorkflowStep {
     async fn requires_user_input(&self) -> bool {
         self.0.requires_user_input
     }
-    async fn input_schema(&self) -> Option<Json<&Value>> {
-        self.0.input_schema.as_ref().map(Json)
+    async fn input_schema(&self) -> Option<StoredJson<'_>> {
+        self.0.input_schema.as_ref().map(StoredJson)
     }
-    async fn metadata(&self) -> Option<Json<&Value>> {
-        self.0.metadata.as_ref().map(Json)
+    async fn metadata(&self) -> Option<StoredJson<'_>> {
+        self.0.metadata.as_ref().map(StoredJson)
     }
-    async fn condition(&self) -> Option<Json<&Value>> {
-        self.0.condition.as_ref().map(Json)
+    async fn condition(&self) -> Option<StoredJson<'_>> {
+        self.0.condition.as_ref().map(StoredJson)
     }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
@@ -349,8 +349,8 @@ impl WorkflowExecution {
     async fn current_step_order(&self) -> Option<i32> {
         self.0.current_step_order
     }
-    async fn accumulated_context(&self) -> Json<&Value> {
-        Json(&self.0.accumulated_context)
+    async fn accumulated_context(&self) -> StoredJson<'_> {
+        StoredJson(&self.0.accumulated_context)
     }
     async fn started_at(&self) -> Option<DateTime<Utc>> {
         self.0.started_at.map(utc)
@@ -428,14 +428,14 @@ impl WorkflowExecutionStep {
     async fn status(&self) -> StepStatusGql {
         self.0.status.into()
     }
-    async fn agent_input(&self) -> Option<Json<&Value>> {
-        self.0.agent_input.as_ref().map(Json)
+    async fn agent_input(&self) -> Option<StoredJson<'_>> {
+        self.0.agent_input.as_ref().map(StoredJson)
     }
-    async fn agent_output(&self) -> Option<Json<&Value>> {
-        self.0.agent_output.as_ref().map(Json)
+    async fn agent_output(&self) -> Option<StoredJson<'_>> {
+        self.0.agent_output.as_ref().map(StoredJson)
     }
-    async fn user_input(&self) -> Option<Json<&Value>> {
-        self.0.user_input.as_ref().map(Json)
+    async fn user_input(&self) -> Option<StoredJson<'_>> {
+        self.0.user_input.as_ref().map(StoredJson)
     }
     async fn started_at(&self) -> Option<DateTime<Utc>> {
         self.0.started_at.map(utc)
