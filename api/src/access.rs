@@ -50,6 +50,19 @@ impl Access {
         Access::new(self.user_id.clone(), self.roles.read().expect("roles lock").clone())
     }
 
+    /// The user and every role, as one string: two viewers with the same
+    /// fingerprint are allowed exactly the same things.
+    pub fn fingerprint(&self) -> String {
+        let roles = self.roles.read().expect("roles lock");
+        let mut list: Vec<(&String, &DriveRole)> = roles.iter().collect();
+        list.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = self.user_id.clone();
+        for (drive, role) in list {
+            out.push_str(&format!("\u{1}{drive}={role:?}"));
+        }
+        out
+    }
+
     pub fn user_id(&self) -> &str {
         &self.user_id
     }

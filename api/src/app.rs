@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError};
+use async_graphql::{BatchRequest, ErrorExtensions, ServerError};
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
@@ -35,9 +35,9 @@ use crate::engine::runner::{Engine, EngineSettings};
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
-use crate::limits::DataLimits;
+use crate::limits::{DataLimits, QueryLimits};
 use crate::metrics::Metrics;
-use crate::ws;
+use crate::{fanout, ws};
 
 pub const DEMO_USER_ID: &str = "demo-user";
 
@@ -55,11 +55,15 @@ pub struct AppState {
     /// prefilled in GraphiQL.
     pub demo_token: Option<String>,
     pub limits: Limits,
+    /// The operation limits every request is checked against before it runs.
+    pub query_limits: QueryLimits,
     pub metrics: Arc<Metrics>,
     /// Browser origins allowed by CORS (none: no CORS headers).
     pub cors_origins: Vec<String>,
     /// WebSocket connections per user.
     pub ws_connections: Arc<ws::ConnectionCounts>,
+    /// Subscriptions that share one rendering per event.
+    pub fanout: Arc<fanout::Hub>,
     /// Claims last written to `users`, so a request whose token says nothing
     /// new skips the upsert.
     known_users: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
@@ -143,7 +147,15 @@ impl Application {
                 limits: data_limits,
             }),
             &config.limits,
-            Some(metrics.clone()),
+        );
+        let query_limits = QueryLimits::from(&config.limits);
+        let fanout = fanout::Hub::new(
+            fanout::Renderer {
+                schema: schema.clone(),
+                limits: query_limits,
+                engine: engine.clone(),
+            },
+            config.event_buffer,
         );
         let state = Arc::new(AppState {
             db,
@@ -155,9 +167,11 @@ impl Application {
             closing: tokio_util::sync::CancellationToken::new(),
             demo_token,
             limits: config.limits.clone(),
+            query_limits,
             metrics,
             cors_origins: config.http.cors_origins.clone(),
             ws_connections: Arc::default(),
+            fanout,
             known_users: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
@@ -393,7 +407,10 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let mut responses = Vec::with_capacity(requests.len());
         for request in requests {
             let ctx = state.request_ctx(viewer.clone(), true).await?;
-            responses.push(state.schema.execute(request.data(ctx)).await);
+            let request = request.data(ctx);
+            responses.push(
+                graphql::observe::execute(&state.schema, &state.query_limits, Some(&state.metrics), request).await,
+            );
         }
         Ok::<_, ApiError>(responses)
     };
@@ -404,13 +421,11 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         tokio::time::timeout(timeout, run).await
     };
     match result {
-        Ok(Ok(mut responses)) => {
-            if !is_batch {
-                Json(BatchResponse::Single(responses.remove(0))).into_response()
-            } else {
-                Json(BatchResponse::Batch(responses)).into_response()
-            }
-        }
+        Ok(Ok(responses)) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            graphql::json::batch_to_bytes(&responses, !is_batch),
+        )
+            .into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = ?e, "could not load the viewer");
             refuse(

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod graphql;
 pub mod limits;
 pub mod metrics;

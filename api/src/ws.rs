@@ -1,9 +1,11 @@
 //! Subscriptions over WebSocket, both `graphql-transport-ws` and the legacy
-//! `graphql-ws`. async-graphql runs the operations; this module guards the
-//! connection around it: `connection_init` must come (with a valid token)
-//! within the init timeout, a user holds a bounded number of connections and
-//! a connection a bounded number of subscriptions, idle connections are
-//! pinged, and every refusal closes with the protocol's close code:
+//! `graphql-ws`: this module speaks both protocols and guards the connection.
+//! `connection_init` must come (with a valid token) within the init timeout,
+//! a user holds a bounded number of connections and a connection a bounded
+//! number of subscriptions, idle connections are pinged, and every refusal
+//! closes with the protocol's close code. Each subscription is checked like
+//! an HTTP request (`QueryLimits::admit`); one that follows a single
+//! execution joins its group in `crate::fanout`, any other runs on its own.
 //!
 //! | code | when |
 //! | --- | --- |
@@ -15,21 +17,22 @@
 //! | 4429 | a second `connection_init`, or too many connections of one user |
 //! | 1001 | the server is shutting down |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, WsMessage};
-use async_graphql::{Data, ErrorExtensions};
+use async_graphql::Data;
+use async_graphql::http::WebSocketProtocols;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::HeaderMap;
+use futures::stream::BoxStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamMap;
 
 use crate::app::{AppState, token_from_init};
+use crate::fanout::{self, Payload};
 
 /// Open connections per user, across the process.
 #[derive(Default)]
@@ -111,21 +114,39 @@ enum Refusal {
     Close(u16, String),
 }
 
+/// What a subscription's stream yields.
+enum Out {
+    Payload(Payload),
+    /// The stream ended: the client gets `complete`.
+    Done,
+}
+
+/// The authenticated side of a connection, once `connection_init` passed.
+struct Session {
+    /// The viewer's request context, as every operation's session data.
+    data: Arc<Data>,
+    /// The viewer and their roles: subscriptions share a group only when
+    /// this matches too.
+    viewer_key: String,
+}
+
 struct Conn {
     state: Arc<AppState>,
     protocol: WebSocketProtocols,
-    acknowledged: bool,
-    /// Ids of the subscriptions open now.
-    active: HashSet<String>,
+    session: Option<Session>,
     slot: Option<ConnectionSlot>,
-    /// Hands the authenticated context to async-graphql's init callback.
-    init_data: Arc<Mutex<Option<Data>>>,
+    /// The subscriptions open now, by id.
+    subs: StreamMap<String, BoxStream<'static, Out>>,
 }
 
 impl Conn {
+    fn acknowledged(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Checks the token and the user's connection count for `connection_init`.
     async fn init(&mut self, payload: &Value) -> Result<(), Refusal> {
-        if self.acknowledged || self.slot.is_some() {
+        if self.acknowledged() || self.slot.is_some() {
             return Err(Refusal::Close(4429, "Too many initialisation requests".into()));
         }
         let header = token_from_init(payload);
@@ -145,17 +166,21 @@ impl Conn {
             tracing::error!(error = ?e, "could not load the viewer of a WebSocket connection");
             Refusal::Close(1011, "internal server error".into())
         })?;
+        let viewer_key = ctx.access.fingerprint();
         let mut data = Data::default();
         data.insert(ctx);
-        *self.init_data.lock().expect("init data lock") = Some(data);
+        self.session = Some(Session {
+            data: Arc::new(data),
+            viewer_key,
+        });
         self.slot = Some(slot);
         Ok(())
     }
 
-    /// Inspects one client message: `Ok(true)` forwards it to async-graphql,
-    /// `Ok(false)` drops it (an answer was queued in `replies`).
+    /// Handles one client message; what to answer is pushed to `replies`.
+    /// `Ok(false)`: the client is leaving (`connection_terminate`).
     async fn inbound(&mut self, raw: &[u8], replies: &mut Vec<Message>) -> Result<bool, Refusal> {
-        let msg: Value = serde_json::from_slice(raw)
+        let mut msg: Value = serde_json::from_slice(raw)
             .map_err(|e| Refusal::Close(4400, format!("Invalid message received: not JSON ({e})")))?;
         let kind = msg
             .get("type")
@@ -164,42 +189,56 @@ impl Conn {
         match kind {
             "connection_init" => {
                 self.init(msg.get("payload").unwrap_or(&Value::Null)).await?;
+                replies.push(text(json!({"type": "connection_ack"})));
                 Ok(true)
             }
             "subscribe" | "start" => {
-                if !self.acknowledged {
+                let Some(session) = &self.session else {
                     return Err(Refusal::Close(4401, "Unauthorized".into()));
-                }
+                };
                 let id = msg.get("id").and_then(Value::as_str).ok_or_else(|| {
                     Refusal::Close(4400, "Invalid message received: `subscribe` without an id".into())
                 })?;
-                if self.active.contains(id) {
+                let id = id.to_owned();
+                if self.subs.contains_key(&id) {
                     return Err(Refusal::Close(4409, format!("Subscriber for {id} already exists")));
                 }
                 let max = self.state.limits.max_subscriptions_per_connection;
-                if self.active.len() >= max {
+                if self.subs.len() >= max {
                     replies.push(subscription_error(
                         self.protocol,
-                        id,
+                        &id,
                         &format!(
                             "this connection already has {max} subscriptions open (MAX_SUBSCRIPTIONS_PER_CONNECTION); \
                              complete one or open another connection"
                         ),
                         "BAD_USER_INPUT",
                     ));
-                    return Ok(false);
+                    return Ok(true);
                 }
-                self.active.insert(id.to_owned());
+                let payload = msg.get_mut("payload").map(Value::take).unwrap_or(Value::Null);
+                let request: async_graphql::Request = serde_json::from_value(payload).map_err(|e| {
+                    Refusal::Close(4400, format!("Invalid message received: `subscribe` payload: {e}"))
+                })?;
+                let stream = self.start(session, request);
+                self.subs.insert(id, stream);
                 self.state.metrics.subscription_opened();
                 Ok(true)
             }
             "complete" | "stop" => {
-                if let Some(id) = msg.get("id").and_then(Value::as_str) {
-                    self.ended(id);
+                if let Some(id) = msg.get("id").and_then(Value::as_str)
+                    && self.subs.remove(id).is_some()
+                {
+                    self.state.metrics.subscriptions_closed(1);
                 }
                 Ok(true)
             }
-            "ping" | "pong" | "connection_terminate" => Ok(true),
+            "ping" => {
+                replies.push(text(json!({"type": "pong"})));
+                Ok(true)
+            }
+            "pong" => Ok(true),
+            "connection_terminate" => Ok(false),
             other => Err(Refusal::Close(
                 4400,
                 format!("Invalid message received: unknown type '{other}'"),
@@ -207,24 +246,77 @@ impl Conn {
         }
     }
 
-    fn ended(&mut self, id: &str) {
-        if self.active.remove(id) {
-            self.state.metrics.subscriptions_closed(1);
+    /// The stream of one subscription: refused by the limits (one result
+    /// with the error), shared with its group, or on its own.
+    fn start(&self, session: &Session, mut request: async_graphql::Request) -> BoxStream<'static, Out> {
+        let state = &self.state;
+        let done = futures::stream::once(std::future::ready(Out::Done));
+        if let Err(e) = state.query_limits.admit(&mut request) {
+            let resp = async_graphql::Response::from_errors(vec![e]);
+            return futures::stream::once(std::future::ready(Out::Payload(serialize(&resp))))
+                .chain(done)
+                .boxed();
         }
+        let parsed = request.parsed_query().ok().cloned();
+        let target = parsed
+            .as_ref()
+            .and_then(|doc| fanout::shared_target(doc, request.operation_name.as_deref(), &request.variables));
+        if let (Some(parsed), Some(execution_id)) = (parsed, target) {
+            let doc = fanout::Document {
+                query: request.query,
+                operation_name: request.operation_name,
+                variables: request.variables,
+                parsed,
+            };
+            return state
+                .fanout
+                .subscribe(&session.viewer_key, session.data.clone(), doc, execution_id)
+                .map(Out::Payload)
+                .chain(done)
+                .boxed();
+        }
+        let limits = state.query_limits;
+        state
+            .schema
+            .execute_stream_with_session_data(request, session.data.clone())
+            .map(move |mut resp| {
+                limits.code_errors(&mut resp.errors);
+                Out::Payload(serialize(&resp))
+            })
+            .chain(done)
+            .boxed()
     }
 
-    /// Notes what async-graphql sends: acks and completed subscriptions.
-    fn outbound(&mut self, text: &str) {
-        if text.starts_with(r#"{"type":"connection_ack""#) {
-            self.acknowledged = true;
-        } else if text.starts_with(r#"{"type":"complete""#) {
-            if let Ok(v) = serde_json::from_str::<Value>(text) {
-                if let Some(id) = v.get("id").and_then(Value::as_str) {
-                    self.ended(id);
-                }
+    /// The message for one item of subscription `id`.
+    fn outbound(&mut self, id: &str, item: Out) -> Message {
+        let id_json = serde_json::to_string(id).expect("a string serializes");
+        match item {
+            Out::Payload(p) => {
+                let kind = match self.protocol {
+                    WebSocketProtocols::GraphQLWS => "next",
+                    WebSocketProtocols::SubscriptionsTransportWS => "data",
+                };
+                let mut s = String::with_capacity(p.len() + id_json.len() + 40);
+                s.push_str(r#"{"type":""#);
+                s.push_str(kind);
+                s.push_str(r#"","id":"#);
+                s.push_str(&id_json);
+                s.push_str(r#","payload":"#);
+                s.push_str(&p);
+                s.push('}');
+                Message::Text(s.into())
+            }
+            Out::Done => {
+                self.subs.remove(id);
+                self.state.metrics.subscriptions_closed(1);
+                Message::Text(format!(r#"{{"type":"complete","id":{id_json}}}"#).into())
             }
         }
     }
+}
+
+fn serialize(resp: &async_graphql::Response) -> Payload {
+    crate::fanout::payload(resp)
 }
 
 /// Serves one upgraded connection until either side closes it, or until
@@ -238,29 +330,12 @@ pub async fn serve(
     state.metrics.connection_opened();
     let limits = state.limits.clone();
     let (mut sink, mut source) = socket.split();
-    let (to_gql, from_client) = mpsc::unbounded_channel::<Vec<u8>>();
-    let init_data: Arc<Mutex<Option<Data>>> = Arc::default();
-    let handoff = init_data.clone();
-    let gql =
-        async_graphql::http::WebSocket::new(
-            state.schema.clone(),
-            UnboundedReceiverStream::new(from_client),
-            protocol,
-        )
-        .on_connection_init(move |_| async move {
-            // `Conn::init` authenticated the connection before forwarding it.
-            handoff.lock().expect("init data lock").take().ok_or_else(|| {
-                async_graphql::Error::new("Forbidden").extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
-            })
-        });
-    futures::pin_mut!(gql);
     let mut conn = Conn {
         state: state.clone(),
         protocol,
-        acknowledged: false,
-        active: HashSet::new(),
+        session: None,
         slot: None,
-        init_data,
+        subs: StreamMap::new(),
     };
     let init_deadline = tokio::time::sleep(limits.ws_init_timeout);
     tokio::pin!(init_deadline);
@@ -287,13 +362,8 @@ pub async fn serve(
                 };
                 let mut replies = Vec::new();
                 match conn.inbound(&raw, &mut replies).await {
-                    Ok(true) => {
-                        if to_gql.send(raw).is_err() {
-                            break;
-                        }
-                        replies
-                    }
-                    Ok(false) => replies,
+                    Ok(true) => replies,
+                    Ok(false) => break,
                     Err(Refusal::Close(code, reason)) => {
                         let mut msgs = Vec::new();
                         if protocol == WebSocketProtocols::SubscriptionsTransportWS && code != 4400 {
@@ -305,39 +375,15 @@ pub async fn serve(
                     }
                 }
             }
-            outgoing = gql.next() => {
-                // A burst (streamed deltas) goes out in one write: take what
-                // else is ready now, and flush once.
-                let mut batch = Vec::new();
-                let mut next = outgoing;
-                let mut end = false;
-                loop {
-                    match next {
-                        Some(WsMessage::Text(t)) => {
-                            conn.outbound(&t);
-                            batch.push(Message::Text(t.into()));
-                        }
-                        Some(WsMessage::Close(code, reason)) => {
-                            batch.push(close(code, &reason));
-                            end = true;
-                            break;
-                        }
-                        None => {
-                            end = true;
-                            break;
-                        }
+            Some((id, item)) = conn.subs.next(), if !conn.subs.is_empty() => {
+                // A burst (streamed deltas, several subscriptions) goes out
+                // in one write: take what else is ready now, and flush once.
+                let mut batch = vec![conn.outbound(&id, item)];
+                while batch.len() < 256 {
+                    match conn.subs.next().now_or_never() {
+                        Some(Some((id, item))) => batch.push(conn.outbound(&id, item)),
+                        _ => break,
                     }
-                    if batch.len() >= 256 {
-                        break;
-                    }
-                    match gql.next().now_or_never() {
-                        Some(n) => next = n,
-                        None => break,
-                    }
-                }
-                if end {
-                    let _ = send_all(&mut sink, batch).await;
-                    break;
                 }
                 batch
             }
@@ -349,7 +395,7 @@ pub async fn serve(
                 let _ = send_all(&mut sink, vec![close(1001, "server shutting down")]).await;
                 break;
             }
-            _ = ping.tick(), if conn.acknowledged && !limits.ws_ping_interval.is_zero() => {
+            _ = ping.tick(), if conn.acknowledged() && !limits.ws_ping_interval.is_zero() => {
                 vec![text(ping_message.clone())]
             }
         };
@@ -357,7 +403,7 @@ pub async fn serve(
             break;
         }
     }
-    state.metrics.subscriptions_closed(conn.active.len());
+    state.metrics.subscriptions_closed(conn.subs.len());
     state.metrics.connection_closed();
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, Object, Result, Subscription};
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::types::{WorkflowExecution, WorkflowExecutionStep, utc};
@@ -62,6 +63,26 @@ impl WorkflowExecutionEvent {
     }
 }
 
+/// How `workflowExecutionEvents` runs when `crate::fanout` renders it for a
+/// group of subscribers with the same document, viewer and variables,
+/// instead of streaming by itself. Put into the request's data.
+pub enum Render {
+    /// Yields exactly this event and ends (the group's members were each
+    /// checked when they subscribed).
+    Event(Arc<ExecutionEvent>),
+    /// Checks access, yields the execution's SNAPSHOT, writes what it saw
+    /// into the cell, and ends.
+    Snapshot(Arc<std::sync::Mutex<Option<Seen>>>),
+}
+
+/// What a `Render::Snapshot` run saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub execution_id: String,
+    pub sequence: i64,
+    pub terminal: bool,
+}
+
 pub struct Subscription;
 
 #[Subscription]
@@ -72,13 +93,30 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         execution_id: ID,
-    ) -> Result<impl Stream<Item = WorkflowExecutionEvent> + use<>> {
+    ) -> Result<BoxStream<'static, WorkflowExecutionEvent>> {
         let r = ctx.data_unchecked::<RequestCtx>();
         let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
         let id = execution_id.0;
+        // Rendering one event for a group of subscribers that each passed
+        // the checks below when they subscribed (`crate::fanout`).
+        if let Some(Render::Event(ev)) = ctx.data_opt::<Render>() {
+            return Ok(futures::stream::once(std::future::ready(WorkflowExecutionEvent(ev.clone()))).boxed());
+        }
         let exec = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
         if !exec.as_ref().is_some_and(|e| r.access.can_see_execution(e)) {
             return Err(ApiError::not_found("workflow execution", &id).into());
+        }
+        if let Some(Render::Snapshot(seen)) = ctx.data_opt::<Render>() {
+            let snap = engine.snapshot(&id).await.map_err(ApiError::from)?;
+            let Some(snap) = snap else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            *seen.lock().expect("snapshot cell") = Some(Seen {
+                execution_id: id,
+                sequence: snap.sequence,
+                terminal: snap.execution.status.is_terminal(),
+            });
+            return Ok(futures::stream::once(std::future::ready(WorkflowExecutionEvent(Arc::new(snap)))).boxed());
         }
         // Follow events from other instances, and subscribe, before reading
         // the snapshot so no change falls between.
@@ -155,7 +193,8 @@ impl Subscription {
                     }
                 }
             }
-        })
+        }
+        .boxed())
     }
 
     /// The changes of every execution in the drive that the viewer may see.

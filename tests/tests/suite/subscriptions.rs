@@ -358,3 +358,95 @@ async fn a_lagging_subscriber_gets_a_fresh_snapshot_not_a_gap() {
     let e = wait_for(&app, &owner, &id, "COMPLETED").await;
     assert_eq!(e["steps"][1]["agentOutput"]["text"].as_str().unwrap().len(), 3000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_with_one_document_share_a_group_and_see_what_each_would_alone() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let admin = app.user("admin").await;
+    let drive = create_drive(&app, &owner, "Shared").await;
+    add_member(&app, &owner, &drive, "admin", "ADMIN").await;
+    let t = create_template(&app, &owner, &drive, code_review()).await;
+    let id = start(&app, &owner, t["id"].as_str().unwrap(), json!({"code": "x"})).await;
+    wait_for(&app, &owner, &id, "PAUSED").await;
+    // The same selection written another way is another document.
+    let other_doc = "subscription Other($id: ID!) { e: workflowExecutionEvents(executionId: $id) { kind sequence } }";
+    let mut clients = Vec::new();
+    for (token, protocol, doc) in [
+        (&owner, Protocol::TransportWs, EVENTS),
+        (&owner, Protocol::LegacyWs, EVENTS),
+        (&owner, Protocol::TransportWs, EVENTS),
+        (&admin, Protocol::TransportWs, EVENTS),
+        (&owner, Protocol::TransportWs, other_doc),
+    ] {
+        let mut ws = WsClient::connect_with_token(&app.base, protocol, token).await;
+        ws.subscribe("s", doc, json!({"id": id})).await;
+        let Some(Incoming::Next(snap)) = ws.next("s", Duration::from_secs(10)).await else {
+            panic!("no snapshot")
+        };
+        assert!(snap.get("errors").is_none(), "{snap}");
+        clients.push(ws);
+    }
+    // Three groups: the owner's EVENTS (three subscribers), the admin's
+    // EVENTS, the owner's other document.
+    assert_eq!(app.state.fanout.groups(), 3);
+    // Someone who may not see the run is refused, and joins no group.
+    let outsider = app.user("outsider").await;
+    let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &outsider).await;
+    ws.subscribe("s", EVENTS, json!({"id": id})).await;
+    match ws.next("s", Duration::from_secs(10)).await {
+        Some(Incoming::Next(p)) => assert_eq!(p["errors"][0]["extensions"]["code"], "NOT_FOUND", "{p}"),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    assert_eq!(ws.next("s", Duration::from_secs(10)).await, Some(Incoming::Complete));
+    assert_eq!(app.state.fanout.groups(), 3);
+
+    submit(&app, &owner, &id, json!({"detailLevel": "basic"})).await;
+    let mut seen = Vec::new();
+    for ws in clients.iter_mut() {
+        seen.push(ws.collect("s", Duration::from_secs(10)).await);
+    }
+    let full: Vec<_> = seen[..4]
+        .iter()
+        .map(|p| summary(&events(p, "workflowExecutionEvents")))
+        .collect();
+    assert!(full.iter().all(|s| s == &full[0]), "{full:?}");
+    assert_eq!(
+        full[0].iter().map(|e| e.1).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10],
+        "{full:?}"
+    );
+    assert_eq!(full[0].last().unwrap().2, "COMPLETED");
+    let other: Vec<i64> = events(&seen[4], "e").iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    assert_eq!(other, vec![7, 8, 9, 10]);
+    // Finished runs leave no group behind.
+    drop(clients);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.state.fanout.groups() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.state.fanout.groups(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_checked_like_requests() {
+    let app = TestApp::spawn_with(|c| c.limits.max_query_depth = 3).await;
+    let owner = app.user("owner").await;
+    let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let cases = [
+        ("deep", "subscription { workflowExecutionEvents(executionId: \"x\") { execution { template { steps { id } } } } }", "GRAPHQL_VALIDATION_FAILED"),
+        ("syntax", "subscription { workflowExecutionEvents(", "GRAPHQL_PARSE_FAILED"),
+        ("unknown", "subscription { nope }", "GRAPHQL_VALIDATION_FAILED"),
+        // A variable it needs and was not given: an error of that field.
+        ("missing", "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) { kind } }", "BAD_USER_INPUT"),
+    ];
+    for (id, query, code) in cases {
+        ws.subscribe(id, query, json!({})).await;
+        match ws.next(id, Duration::from_secs(10)).await {
+            Some(Incoming::Next(p)) => assert_eq!(p["errors"][0]["extensions"]["code"], code, "{id}: {p}"),
+            other => panic!("{id}: expected an error, got {other:?}"),
+        }
+        assert_eq!(ws.next(id, Duration::from_secs(10)).await, Some(Incoming::Complete), "{id}");
+    }
+    assert_eq!(app.state.fanout.groups(), 0);
+}
