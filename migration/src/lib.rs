@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_create_tables;
 mod m20261129_000002_execution_runtime;
 mod m20261129_000003_leases;
+mod m20261201_000004_lz4_json;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_create_tables::Migration),
             Box::new(m20261129_000002_execution_runtime::Migration),
             Box::new(m20261129_000003_leases::Migration),
+            Box::new(m20261201_000004_lz4_json::Migration),
         ]
     }
 }

@@ -55,6 +55,26 @@ struct Live {
 struct RunState {
     exec: Arc<execution::Model>,
     steps: Arc<Vec<exec_step::Model>>,
+    /// The compact JSON size of `exec.accumulated_context`, once measured:
+    /// kept up to date as keys are added, so checking a step's output
+    /// against MAX_CONTEXT_BYTES does not serialize the whole context again.
+    context_bytes: Option<usize>,
+}
+
+impl RunState {
+    fn new(exec: Arc<execution::Model>, steps: Arc<Vec<exec_step::Model>>) -> Self {
+        Self {
+            exec,
+            steps,
+            context_bytes: None,
+        }
+    }
+
+    fn context_bytes(&mut self) -> usize {
+        *self
+            .context_bytes
+            .get_or_insert_with(|| crate::limits::json_bytes(&self.exec.accumulated_context))
+    }
 }
 
 /// Changes to the execution row; `None` leaves a column as it is.
@@ -227,10 +247,7 @@ impl Engine {
             .order_by_asc(exec_step::Column::StepOrder)
             .all(&self.db)
             .await?;
-        Ok(Some(RunState {
-            exec: Arc::new(exec),
-            steps: Arc::new(steps),
-        }))
+        Ok(Some(RunState::new(Arc::new(exec), Arc::new(steps))))
     }
 
     /// Writes a change in one transaction and publishes its events. Returns
@@ -336,6 +353,9 @@ impl Engine {
             e.current_step_order = o;
         }
         if let Some((key, value)) = &p.context_add {
+            state.context_bytes = state
+                .context_bytes
+                .map(|base| crate::limits::context_size_after(&e.accumulated_context, base, key, value));
             if let Some(map) = e.accumulated_context.as_object_mut() {
                 map.insert(key.clone(), value.clone());
             }
@@ -545,10 +565,7 @@ impl Engine {
                 txn.commit().await?;
             }
         }
-        let state = RunState {
-            exec: event.execution.clone(),
-            steps: event.steps.clone(),
-        };
+        let state = RunState::new(event.execution.clone(), event.steps.clone());
         let live = self.live(&exec.id);
         {
             let mut seq = live.seq.lock().await;
@@ -595,9 +612,11 @@ impl Engine {
             .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
         let def = self.definition(&state.steps[idx]).await?;
         validation::user_input(def.input_schema.as_ref(), &input)?;
+        let base = state.context_bytes();
         self.limits().context_with(
             "input",
             &state.exec.accumulated_context,
+            base,
             &format!("step_{order}_input"),
             &input,
         )?;
@@ -970,9 +989,10 @@ impl Engine {
                 AgentOutcome::Done(output) => {
                     let at = now();
                     let key = format!("step_{order}_output");
+                    let base = state.context_bytes();
                     if let Err(why) = self
                         .limits()
-                        .output_fits(&output, &state.exec.accumulated_context, &key)
+                        .output_fits(&output, &state.exec.accumulated_context, base, &key)
                     {
                         self.fail(live, &mut state, idx, why).await?;
                         return Ok(());
