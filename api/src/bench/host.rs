@@ -135,6 +135,9 @@ pub fn machine() -> String {
 pub struct RoundTripProxy {
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
+    /// Of those, exchanges that were a lone `Sync` message: sqlx's ping of
+    /// a connection as it goes back to the pool.
+    pings: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -143,24 +146,36 @@ impl RoundTripProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let count = Arc::new(AtomicU64::new(0));
+        let pings = Arc::new(AtomicU64::new(0));
         let c = count.clone();
+        let p = pings.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let c = c.clone();
+                let p = p.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
-                        pipe(client, server, c).await;
+                        pipe(client, server, c, p).await;
                     }
                 });
             }
         });
-        Ok(Self { addr, count, task })
+        Ok(Self {
+            addr,
+            count,
+            pings,
+            task,
+        })
     }
 
     pub fn round_trips(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn pings(&self) -> u64 {
+        self.pings.load(Ordering::Relaxed)
     }
 }
 
@@ -173,7 +188,10 @@ impl Drop for RoundTripProxy {
 const CLIENT: u8 = 1;
 const SERVER: u8 = 2;
 
-async fn pipe(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
+/// PostgreSQL's `Sync` message alone.
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+async fn pipe(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>, pings: Arc<AtomicU64>) {
     let last = Arc::new(AtomicU8::new(0));
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
@@ -187,6 +205,9 @@ async fn pipe(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
             };
             if l.swap(CLIENT, Ordering::AcqRel) != CLIENT {
                 count.fetch_add(1, Ordering::Relaxed);
+                if buf[..n] == SYNC {
+                    pings.fetch_add(1, Ordering::Relaxed);
+                }
             }
             if sw.write_all(&buf[..n]).await.is_err() {
                 break;

@@ -450,6 +450,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let outcome = async {
                 if wants(Part::Engine) {
                     engine(&app, &db, &client, &gql, &owner, &bench_drive, &plan, &url, &mut report).await?;
+                    growing_context(&app, &db, &client, &gql, &owner, &bench_drive, &mut report).await?;
                 }
                 if wants(Part::Fanout) {
                     fanout(&app, &db, &client, &gql, &owner, &bench_drive, &plan, &mut report).await?;
@@ -693,8 +694,10 @@ fn echo_steps(n: usize) -> Vec<Value> {
 }
 
 /// Starts `runs` executions at once and waits until all have finished;
-/// returns the time from the first start to the last finish.
+/// returns the time from the first start to the last finish. The finishes
+/// are seen on the server's event bus, so waiting costs the database nothing.
 async fn engine_batch(
+    app: &InProcess,
     db: &DatabaseConnection,
     client: &reqwest::Client,
     gql: &str,
@@ -708,26 +711,34 @@ async fn engine_batch(
         "mutation($t: ID!) { startWorkflowExecution(templateId: $t, context: { ticket: \"PS-1234\" }) { id } }",
         json!({ "t": template }),
     );
+    let mut rx = app.state().engine.bus().subscribe();
     let t0 = Instant::now();
     let started = futures::future::try_join_all((0..runs).map(|_| start.data(client))).await?;
     let ids: HashSet<String> = started
         .iter()
         .filter_map(|d| d["startWorkflowExecution"]["id"].as_str().map(str::to_owned))
         .collect();
-    // Polled on the bench's own connection: not counted as the server's.
-    loop {
-        let open = execution::Entity::find()
-            .filter(execution::Column::Id.is_in(ids.iter().cloned()))
-            .filter(execution::Column::Status.is_in([ExecutionStatus::Running, ExecutionStatus::Paused]))
-            .count(db)
-            .await?;
-        if open == 0 {
-            break;
+    let mut finished: HashSet<String> = HashSet::new();
+    let deadline = t0 + Duration::from_secs(300);
+    while !ids.iter().all(|id| finished.contains(id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Err(_) => bail!("{} of {runs} runs did not finish within 300 s", ids.len() - finished.len()),
+            Ok(Ok(ev)) if ev.is_terminal() => {
+                finished.insert(ev.execution.id.clone());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                // Missed some: ask the database which are done.
+                let done = execution::Entity::find()
+                    .filter(execution::Column::Id.is_in(ids.iter().cloned()))
+                    .filter(execution::Column::Status.is_not_in([ExecutionStatus::Running, ExecutionStatus::Paused]))
+                    .all(db)
+                    .await?;
+                finished.extend(done.into_iter().map(|e| e.id));
+            }
+            Ok(Err(e)) => return Err(e.into()),
         }
-        if t0.elapsed() > Duration::from_secs(300) {
-            bail!("{open} of {runs} runs did not finish within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = t0.elapsed();
     let completed = execution::Entity::find()
@@ -756,9 +767,9 @@ async fn engine(
     let runs = plan.engine_runs;
     let steps = (runs * 5) as f64;
     let template = create_template(client, gql, token, drive, "Engine benchmark", echo_steps(5)).await?;
-    engine_batch(db, client, gql, token, &template, runs).await?; // warm-up: pool, caches
+    engine_batch(app, db, client, gql, token, &template, runs).await?; // warm-up: pool, caches
     let before = app.statements();
-    let took = engine_batch(db, client, gql, token, &template, runs).await?;
+    let took = engine_batch(app, db, client, gql, token, &template, runs).await?;
     let statements = app.statements() - before;
     let part = format!("engine ({runs} concurrent runs × 5 echo steps)");
     report.add(
@@ -787,18 +798,25 @@ async fn engine(
         let _ = via.set_port(Some(proxy.addr.port()));
         let counted = InProcess::start(via.as_str()).await?;
         let cgql = format!("{}/graphql", counted.base());
-        engine_batch(db, client, &cgql, token, &template, runs).await?;
-        let (rt0, st0) = (proxy.round_trips(), counted.statements());
-        let took = engine_batch(db, client, &cgql, token, &template, runs).await?;
-        let (rt, st) = (proxy.round_trips() - rt0, counted.statements() - st0);
+        engine_batch(&counted, db, client, &cgql, token, &template, runs).await?;
+        let (rt0, pg0, st0) = (proxy.round_trips(), proxy.pings(), counted.statements());
+        let took = engine_batch(&counted, db, client, &cgql, token, &template, runs).await?;
+        let (rt, pings, st) = (
+            proxy.round_trips() - rt0,
+            proxy.pings() - pg0,
+            counted.statements() - st0,
+        );
         counted.stop().await;
         report.add(
             part,
             "database round trips per step",
             format!(
-                "{:.1} on the wire ({:.1} statements; starts included; {:.0} steps/s through the proxy)",
+                "{:.1} on the wire: {:.1} carrying statements ({:.1} statements), {:.1} sqlx pings of connections \
+                 going back to the pool; starts included; {:.0} steps/s through the proxy",
                 rt as f64 / steps,
+                (rt - pings) as f64 / steps,
                 st as f64 / steps,
+                pings as f64 / steps,
                 steps / took.as_secs_f64()
             ),
             "≤ 3",
@@ -811,6 +829,109 @@ async fn engine(
             "≤ 3 (PostgreSQL)",
         );
     }
+    Ok(())
+}
+
+/// Steps of the growing-context run, and what each adds to the context.
+const GROWING_STEPS: usize = 20;
+const GROWING_BYTES: usize = 50_000;
+
+/// A 20-step run whose every step adds 50 KB to `accumulatedContext`: what
+/// each step costs as the context grows to 1 MB, from the moment one step
+/// record is written COMPLETED to the next (as seen on the event bus).
+async fn growing_context(
+    app: &InProcess,
+    db: &DatabaseConnection,
+    client: &reqwest::Client,
+    gql: &str,
+    token: &str,
+    drive: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let steps: Vec<Value> = (0..GROWING_STEPS)
+        .map(|i| json!({ "agentId": "echo", "promptTemplate": format!("{i}:{{{{blob}}}}") }))
+        .collect();
+    let template = create_template(client, gql, token, drive, "Growing context benchmark", steps).await?;
+    let blob = "x".repeat(GROWING_BYTES);
+    let mut rx = app.state().engine.bus().subscribe();
+    let before = app.statements();
+    let t0 = Instant::now();
+    let started = GqlRequest::new(
+        gql,
+        token,
+        "mutation($t: ID!, $c: JSON) { startWorkflowExecution(templateId: $t, context: $c) { id } }",
+        json!({ "t": template, "c": { "blob": blob } }),
+    )
+    .data(client)
+    .await?;
+    let id = started["startWorkflowExecution"]["id"]
+        .as_str()
+        .context("startWorkflowExecution")?
+        .to_owned();
+    let mut done_at: Vec<Instant> = Vec::with_capacity(GROWING_STEPS);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match tokio::time::timeout(left, rx.recv()).await {
+            Err(_) => bail!("the growing-context run did not finish within 300 s"),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(ev)) => ev,
+        };
+        if ev.execution.id != id {
+            continue;
+        }
+        if ev.kind == crate::events::EventKind::StepUpdated
+            && ev.step.as_ref().is_some_and(|s| s.status == entity::StepStatus::Completed)
+        {
+            done_at.push(Instant::now());
+        }
+        if ev.is_terminal() {
+            break;
+        }
+    }
+    let took = t0.elapsed();
+    let statements = app.statements() - before;
+    let row = execution::Entity::find_by_id(id.clone())
+        .one(db)
+        .await?
+        .context("the growing-context run is gone")?;
+    let ctx = row.accumulated_context.as_object().context("context is not an object")?;
+    for i in 0..GROWING_STEPS {
+        let want = format!("{i}:{blob}");
+        if ctx.get(&format!("step_{i}_output")).and_then(|o| o["text"].as_str()) != Some(want.as_str()) {
+            bail!("growing-context run: step_{i}_output is not what step {i} produced");
+        }
+    }
+    if row.status != ExecutionStatus::Completed || done_at.len() != GROWING_STEPS {
+        bail!(
+            "growing-context run ended {:?} with {} steps completed",
+            row.status,
+            done_at.len()
+        );
+    }
+    let gaps: Vec<Duration> = done_at.windows(2).map(|w| w[1] - w[0]).collect();
+    let mean = |d: &[Duration]| d.iter().sum::<Duration>() / d.len().max(1) as u32;
+    let part = format!("engine ({GROWING_STEPS} steps each adding 50 KB)");
+    report.add(
+        part.clone(),
+        "cost per step as the context grows",
+        format!(
+            "{} for steps 1–5, {} for steps 15–19 (context {:.0} KB → {:.0} KB); {} end to end",
+            ms(mean(&gaps[..5])),
+            ms(mean(&gaps[gaps.len() - 5..])),
+            (2 * GROWING_BYTES) as f64 / 1000.0,
+            crate::limits::json_bytes(&row.accumulated_context) as f64 / 1000.0,
+            ms(took)
+        ),
+        "close to flat",
+    );
+    report.add(
+        part,
+        "SQL statements per step",
+        format!("{:.1} (start included)", statements as f64 / GROWING_STEPS as f64),
+        "",
+    );
     Ok(())
 }
 

@@ -79,6 +79,30 @@ pub async fn open_many(
         .await
 }
 
+/// The part of a server message the fan-out reader needs.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    payload: Option<FramePayload>,
+}
+
+#[derive(serde::Deserialize)]
+struct FramePayload {
+    data: Option<FrameData>,
+}
+
+#[derive(serde::Deserialize)]
+struct FrameData {
+    #[serde(rename = "workflowExecutionEvents")]
+    event: FrameEvent,
+}
+
+#[derive(serde::Deserialize)]
+struct FrameEvent {
+    sequence: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct FanoutResult {
     pub subscribers: usize,
@@ -134,17 +158,21 @@ pub async fn deliver(
                     Err(_) => bail!("a subscriber waited 120 s for the next event"),
                 };
                 let now = Instant::now();
-                let v: Value = serde_json::from_str(&msg)?;
-                match v["type"].as_str() {
-                    Some("next") => {
-                        let seq = v["payload"]["data"]["workflowExecutionEvents"]["sequence"]
-                            .as_i64()
+                // Read without building the whole message: on two shared
+                // cores the subscribers' parsing competes with the server.
+                let frame: Frame<'_> = serde_json::from_str(&msg)?;
+                match frame.kind {
+                    "next" => {
+                        let seq = frame
+                            .payload
+                            .and_then(|p| p.data)
+                            .map(|d| d.event.sequence)
                             .context("an event without sequence")?;
                         mine.push((seq, now));
                     }
-                    Some("complete") => break,
-                    Some("ping") => ws.send(Message::Text(r#"{"type":"pong"}"#.into())).await?,
-                    _ => bail!("unexpected message: {v}"),
+                    "complete" => break,
+                    "ping" => ws.send(Message::Text(r#"{"type":"pong"}"#.into())).await?,
+                    _ => bail!("unexpected message: {msg}"),
                 }
             }
             let _ = ws.close(None).await;
