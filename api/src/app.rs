@@ -514,10 +514,12 @@ async fn graphql_ws(State(state): State<Arc<AppState>>, headers: HeaderMap, upgr
         .max_message_size(max)
         .max_frame_size(max)
         // Clients send small messages: a 4 KiB read buffer instead of the
-        // default 128 KiB keeps an idle subscription at a few KiB, and
-        // frames are written as they come rather than gathered.
+        // default 128 KiB keeps an idle subscription at a few KiB. Frames
+        // are gathered until `ws::serve` flushes its batch, so a burst of
+        // events to one subscriber is one write, not one per frame (the
+        // buffer keeps the capacity it grew to either way).
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| {
             let closing = state.closing.clone().cancelled_owned();
             ws::serve(state, socket, protocol, closing)
