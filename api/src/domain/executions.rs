@@ -18,6 +18,17 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<executio
     execution::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
+/// An execution and its template, in one statement.
+pub async fn find_with_template(
+    db: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<(execution::Model, Option<entity::workflow_template::Model>)>, DbErr> {
+    execution::Entity::find_by_id(id.to_owned())
+        .find_also_related(entity::workflow_template::Entity)
+        .one(db)
+        .await
+}
+
 /// What the viewer may see, narrowed by the client's filter; `None` when
 /// nothing can match.
 pub fn list_condition(scope: &ExecutionScope, filter: &ExecutionFilter) -> Option<Condition> {

@@ -156,10 +156,25 @@ impl Query {
 
     async fn workflow_execution(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowExecution>> {
         let r = rctx(ctx);
-        let row = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
-        Ok(row
-            .filter(|e| r.access.can_see_execution(e))
-            .map(WorkflowExecution::new))
+        // The template, when asked for, comes with the execution in one
+        // statement. The step records are read after the execution (by their
+        // loader), never beside it: they are then at least as new as the
+        // execution row, so a COMPLETED run never shows a step unfinished.
+        let row = if ctx.look_ahead().field("template").exists() {
+            domain::executions::find_with_template(&r.db, &id).await
+        } else {
+            domain::executions::find(&r.db, &id).await.map(|e| e.map(|e| (e, None)))
+        };
+        let Some((row, template)) = row.map_err(ApiError::from)? else {
+            return Ok(None);
+        };
+        if !r.access.can_see_execution(&row) {
+            return Ok(None);
+        }
+        if let Some(t) = template {
+            r.loaders.templates.feed_one(t.id.clone(), t).await;
+        }
+        Ok(Some(WorkflowExecution::new(row)))
     }
 }
 

@@ -147,9 +147,9 @@ async fn execution_detail_uses_a_constant_number_of_statements() {
         }
     }
     println!("statements: execution detail -> {best}");
-    // The viewer's memberships, the execution, its template, its steps.
+    // The viewer's memberships, the execution with its template, its steps.
     assert!(
-        best <= 4,
-        "{best} statements for one execution detail (at most 4 expected)"
+        best <= 3,
+        "{best} statements for one execution detail (at most 3 expected)"
     );
 }
