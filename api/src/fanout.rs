@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::engine::runner::Engine;
 use crate::events::ExecutionEvent;
 use crate::graphql::AppSchema;
-use crate::graphql::subscription::{Render, Seen};
+use crate::graphql::subscription::{Render, Seen, resynced};
 use crate::limits::QueryLimits;
 
 /// One result for the client: a serialized GraphQL response.
@@ -305,18 +305,6 @@ impl Follow {
             resyncs: engine.relay().map(|r| r.resyncs()),
             rx: engine.bus().subscribe(),
         }
-    }
-}
-
-/// Resolves when the relay says events may have been missed; never without a relay.
-async fn resynced(resyncs: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match resyncs {
-        Some(r) => {
-            if r.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

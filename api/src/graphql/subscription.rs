@@ -254,7 +254,7 @@ impl Subscription {
 }
 
 /// Resolves when the relay says events may have been missed; never without a relay.
-async fn resynced(resyncs: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+pub(crate) async fn resynced(resyncs: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     match resyncs {
         Some(r) => {
             if r.changed().await.is_err() {
