@@ -47,7 +47,9 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
 
-    /// Events a subscriber may fall behind before it is sent a fresh SNAPSHOT.
+    /// Events a subscriber may fall behind before it is sent a fresh SNAPSHOT
+    /// (for subscribers that share a group: how far the group may fall
+    /// behind; each member may fall 64 behind its group).
     #[arg(long, env = "EVENT_BUFFER", default_value_t = 1024)]
     pub event_buffer: usize,
 

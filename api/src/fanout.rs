@@ -31,6 +31,9 @@ use crate::limits::QueryLimits;
 /// One result for the client: a serialized GraphQL response.
 pub type Payload = Arc<str>;
 
+/// At most this many frames a member may fall behind its group.
+pub const MEMBER_LAG: usize = 64;
+
 /// A response as a payload (see `graphql::json`: never `Serialize` directly).
 pub fn payload(resp: &async_graphql::Response) -> Payload {
     let text = crate::graphql::json::to_bytes(resp);
@@ -137,7 +140,9 @@ pub fn shared_target(doc: &ExecutableDocument, operation_name: Option<&str>, var
 pub struct Hub {
     groups: Mutex<HashMap<String, Weak<Group>>>,
     renderer: Renderer,
-    /// Frames a member may fall behind before it resyncs on its own.
+    /// Frames a member may fall behind its group before it resyncs on its
+    /// own. A broadcast channel allocates all its slots up front, so this is
+    /// kept small: at 1,024 (the bus's default) a group cost ~48 KiB.
     buffer: usize,
 }
 
@@ -163,7 +168,7 @@ impl Hub {
         Arc::new(Self {
             groups: Mutex::new(HashMap::new()),
             renderer,
-            buffer: buffer.max(16),
+            buffer: buffer.clamp(16, MEMBER_LAG),
         })
     }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
 use entity::{ExecutionStatus, drive, workflow_execution as execution};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -422,6 +423,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if wants(Part::Idle) {
             idle_subscriptions(&server, &tokens, &plan, &mut report).await?;
+            idle_alone(&url, &logs, &tokens, &plan, &mut report).await?;
         }
         server.stop().await;
     }
@@ -608,6 +610,51 @@ async fn idle_subscriptions(
         mib(server.rss()?),
         "",
     );
+    Ok(())
+}
+
+/// Idle subscriptions that share nothing: each document differs (by a
+/// comment), so each subscriber is alone in its group and pays for the
+/// group's task and parsed document too. On a fresh server process, since
+/// memory freed by the shared run above is kept by the allocator.
+async fn idle_alone(
+    url: &str,
+    logs: &std::path::Path,
+    tokens: &Tokens,
+    plan: &Plan,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = (plan.idle_subscriptions / 10).max(10);
+    let server = host::ServerProcess::start(url, SECRET, &logs.join("server-alone.log")).await?;
+    let e = data::PAUSED_EXECUTION;
+    let token = tokens.of(data::execution_user(e));
+    let variables = json!({ "id": data::execution_id(e) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.rss()?;
+    let streams: Vec<ws::WsStream> = futures::stream::iter(0..n)
+        .map(|i| {
+            let query = format!("{EVENTS}\n# subscriber {i}");
+            let (base, token, variables) = (server.base.clone(), token.clone(), variables.clone());
+            async move { ws::subscribe(&base, &token, &query, &variables).await }
+        })
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with = server.rss()?;
+    drop(streams);
+    report.add(
+        format!("{n} idle subscriptions, each alone in its group"),
+        "server RSS with them open",
+        format!(
+            "{} ({} before; {:.1} KiB each)",
+            mib(with),
+            mib(before),
+            with.saturating_sub(before) as f64 / 1024.0 / n as f64
+        ),
+        "",
+    );
+    server.stop().await;
     Ok(())
 }
 
