@@ -172,7 +172,7 @@ impl Hub {
         })
     }
 
-    /// Groups open now (for tests and metrics).
+    /// Groups open now (the tests read it).
     pub fn groups(&self) -> usize {
         self.groups
             .lock()
