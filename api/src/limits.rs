@@ -161,7 +161,10 @@ impl QueryLimits {
                     e.locations.first().copied(),
                 );
             } else {
-                *e = with_code(std::mem::replace(e, ServerError::new("", None)), "GRAPHQL_VALIDATION_FAILED");
+                *e = with_code(
+                    std::mem::replace(e, ServerError::new("", None)),
+                    "GRAPHQL_VALIDATION_FAILED",
+                );
             }
         }
     }

@@ -217,9 +217,8 @@ impl Conn {
                     return Ok(true);
                 }
                 let payload = msg.get_mut("payload").map(Value::take).unwrap_or(Value::Null);
-                let request: async_graphql::Request = serde_json::from_value(payload).map_err(|e| {
-                    Refusal::Close(4400, format!("Invalid message received: `subscribe` payload: {e}"))
-                })?;
+                let request: async_graphql::Request = serde_json::from_value(payload)
+                    .map_err(|e| Refusal::Close(4400, format!("Invalid message received: `subscribe` payload: {e}")))?;
                 let stream = self.start(session, request);
                 self.subs.insert(id, stream);
                 self.state.metrics.subscription_opened();

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::{StreamExt, TryStreamExt};
 use entity::{ExecutionStatus, drive, workflow_execution as execution};
+use futures::{StreamExt, TryStreamExt};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -770,7 +770,10 @@ async fn engine_batch(
     while !ids.iter().all(|id| finished.contains(id)) {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
-            Err(_) => bail!("{} of {runs} runs did not finish within 300 s", ids.len() - finished.len()),
+            Err(_) => bail!(
+                "{} of {runs} runs did not finish within 300 s",
+                ids.len() - finished.len()
+            ),
             Ok(Ok(ev)) if ev.is_terminal() => {
                 finished.insert(ev.execution.id.clone());
             }
@@ -941,7 +944,10 @@ async fn growing_context(
             continue;
         }
         if ev.kind == crate::events::EventKind::StepUpdated
-            && ev.step.as_ref().is_some_and(|s| s.status == entity::StepStatus::Completed)
+            && ev
+                .step
+                .as_ref()
+                .is_some_and(|s| s.status == entity::StepStatus::Completed)
         {
             done_at.push(Instant::now());
         }
@@ -955,7 +961,10 @@ async fn growing_context(
         .one(db)
         .await?
         .context("the growing-context run is gone")?;
-    let ctx = row.accumulated_context.as_object().context("context is not an object")?;
+    let ctx = row
+        .accumulated_context
+        .as_object()
+        .context("context is not an object")?;
     for i in 0..GROWING_STEPS {
         let want = format!("{i}:{blob}");
         if ctx.get(&format!("step_{i}_output")).and_then(|o| o["text"].as_str()) != Some(want.as_str()) {

@@ -63,7 +63,14 @@ pub async fn execute(
         None => admitted.name.clone().unwrap_or_else(|| "anonymous".into()),
     };
     span.record("operation", label.as_str());
-    span.record("kind", if admitted.kind.is_empty() { "unknown" } else { admitted.kind });
+    span.record(
+        "kind",
+        if admitted.kind.is_empty() {
+            "unknown"
+        } else {
+            admitted.kind
+        },
+    );
     span.record("outcome", outcome.as_str());
     span.record("duration_ms", took.as_secs_f64() * 1000.0);
     span.in_scope(|| {

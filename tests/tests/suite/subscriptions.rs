@@ -417,7 +417,10 @@ async fn subscribers_with_one_document_share_a_group_and_see_what_each_would_alo
         "{full:?}"
     );
     assert_eq!(full[0].last().unwrap().2, "COMPLETED");
-    let other: Vec<i64> = events(&seen[4], "e").iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    let other: Vec<i64> = events(&seen[4], "e")
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
     assert_eq!(other, vec![7, 8, 9, 10]);
     // Finished runs leave no group behind.
     drop(clients);
@@ -434,11 +437,23 @@ async fn subscriptions_are_checked_like_requests() {
     let owner = app.user("owner").await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
     let cases = [
-        ("deep", "subscription { workflowExecutionEvents(executionId: \"x\") { execution { template { steps { id } } } } }", "GRAPHQL_VALIDATION_FAILED"),
-        ("syntax", "subscription { workflowExecutionEvents(", "GRAPHQL_PARSE_FAILED"),
+        (
+            "deep",
+            "subscription { workflowExecutionEvents(executionId: \"x\") { execution { template { steps { id } } } } }",
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "syntax",
+            "subscription { workflowExecutionEvents(",
+            "GRAPHQL_PARSE_FAILED",
+        ),
         ("unknown", "subscription { nope }", "GRAPHQL_VALIDATION_FAILED"),
         // A variable it needs and was not given: an error of that field.
-        ("missing", "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) { kind } }", "BAD_USER_INPUT"),
+        (
+            "missing",
+            "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) { kind } }",
+            "BAD_USER_INPUT",
+        ),
     ];
     for (id, query, code) in cases {
         ws.subscribe(id, query, json!({})).await;
@@ -446,7 +461,11 @@ async fn subscriptions_are_checked_like_requests() {
             Some(Incoming::Next(p)) => assert_eq!(p["errors"][0]["extensions"]["code"], code, "{id}: {p}"),
             other => panic!("{id}: expected an error, got {other:?}"),
         }
-        assert_eq!(ws.next(id, Duration::from_secs(10)).await, Some(Incoming::Complete), "{id}");
+        assert_eq!(
+            ws.next(id, Duration::from_secs(10)).await,
+            Some(Incoming::Complete),
+            "{id}"
+        );
     }
     assert_eq!(app.state.fanout.groups(), 0);
 }
