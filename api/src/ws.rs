@@ -252,7 +252,7 @@ impl Conn {
         let done = futures::stream::once(std::future::ready(Out::Done));
         if let Err(e) = state.query_limits.admit(&mut request) {
             let resp = async_graphql::Response::from_errors(vec![e]);
-            return futures::stream::once(std::future::ready(Out::Payload(serialize(&resp))))
+            return futures::stream::once(std::future::ready(Out::Payload(fanout::payload(&resp))))
                 .chain(done)
                 .boxed();
         }
@@ -280,7 +280,7 @@ impl Conn {
             .execute_stream_with_session_data(request, session.data.clone())
             .map(move |mut resp| {
                 limits.code_errors(&mut resp.errors);
-                Out::Payload(serialize(&resp))
+                Out::Payload(fanout::payload(&resp))
             })
             .chain(done)
             .boxed()
@@ -312,10 +312,6 @@ impl Conn {
             }
         }
     }
-}
-
-fn serialize(resp: &async_graphql::Response) -> Payload {
-    crate::fanout::payload(resp)
 }
 
 /// Serves one upgraded connection until either side closes it, or until

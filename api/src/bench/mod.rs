@@ -894,6 +894,28 @@ async fn engine(
     Ok(())
 }
 
+/// Starts one run of `template` with `context`; its id.
+async fn start_run(
+    client: &reqwest::Client,
+    gql: &str,
+    token: &str,
+    template: &str,
+    context: Value,
+) -> anyhow::Result<String> {
+    let started = GqlRequest::new(
+        gql,
+        token,
+        "mutation($t: ID!, $c: JSON) { startWorkflowExecution(templateId: $t, context: $c) { id } }",
+        json!({ "t": template, "c": context }),
+    )
+    .data(client)
+    .await?;
+    Ok(started["startWorkflowExecution"]["id"]
+        .as_str()
+        .context("startWorkflowExecution")?
+        .to_owned())
+}
+
 /// Steps of the growing-context run, and what each adds to the context.
 const GROWING_STEPS: usize = 20;
 const GROWING_BYTES: usize = 50_000;
@@ -918,18 +940,7 @@ async fn growing_context(
     let mut rx = app.state().engine.bus().subscribe();
     let before = app.statements();
     let t0 = Instant::now();
-    let started = GqlRequest::new(
-        gql,
-        token,
-        "mutation($t: ID!, $c: JSON) { startWorkflowExecution(templateId: $t, context: $c) { id } }",
-        json!({ "t": template, "c": { "blob": blob } }),
-    )
-    .data(client)
-    .await?;
-    let id = started["startWorkflowExecution"]["id"]
-        .as_str()
-        .context("startWorkflowExecution")?
-        .to_owned();
+    let id = start_run(client, gql, token, &template, json!({ "blob": blob })).await?;
     let mut done_at: Vec<Instant> = Vec::with_capacity(GROWING_STEPS);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -1019,18 +1030,7 @@ async fn fanout(
     steps[0]["requiresUserInput"] = json!(true);
     steps[0]["inputSchema"] = json!({ "type": "object" });
     let template = create_template(client, gql, token, drive, "Fan-out benchmark", steps).await?;
-    let started = GqlRequest::new(
-        gql,
-        token,
-        "mutation($t: ID!) { startWorkflowExecution(templateId: $t, context: { ticket: \"PS-1\" }) { id } }",
-        json!({ "t": template }),
-    )
-    .data(client)
-    .await?;
-    let id = started["startWorkflowExecution"]["id"]
-        .as_str()
-        .context("startWorkflowExecution")?
-        .to_owned();
+    let id = start_run(client, gql, token, &template, json!({ "ticket": "PS-1" })).await?;
     let t = Instant::now();
     loop {
         let paused = execution::Entity::find_by_id(id.clone())
