@@ -752,19 +752,14 @@ async fn engine_batch(
     template: &str,
     runs: usize,
 ) -> anyhow::Result<Duration> {
-    let start = GqlRequest::new(
-        gql,
-        token,
-        "mutation($t: ID!) { startWorkflowExecution(templateId: $t, context: { ticket: \"PS-1234\" }) { id } }",
-        json!({ "t": template }),
-    );
     let mut rx = app.state().engine.bus().subscribe();
     let t0 = Instant::now();
-    let started = futures::future::try_join_all((0..runs).map(|_| start.data(client))).await?;
-    let ids: HashSet<String> = started
-        .iter()
-        .filter_map(|d| d["startWorkflowExecution"]["id"].as_str().map(str::to_owned))
-        .collect();
+    let ids: HashSet<String> = futures::future::try_join_all(
+        (0..runs).map(|_| start_run(client, gql, token, template, json!({ "ticket": "PS-1234" }))),
+    )
+    .await?
+    .into_iter()
+    .collect();
     let mut finished: HashSet<String> = HashSet::new();
     let deadline = t0 + Duration::from_secs(300);
     while !ids.iter().all(|id| finished.contains(id)) {
