@@ -18,6 +18,9 @@ pub struct Model {
     pub current_step_order: Option<i32>,
     #[sea_orm(column_name = "accumulatedContext", column_type = "JsonBinary")]
     pub accumulated_context: Json,
+    /// The context the run started with.
+    #[sea_orm(column_name = "initialContext", column_type = "JsonBinary")]
+    pub initial_context: Json,
     #[sea_orm(column_name = "startedAt")]
     pub started_at: Option<DateTime>,
     #[sea_orm(column_name = "pausedAt")]

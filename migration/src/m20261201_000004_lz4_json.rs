@@ -23,7 +23,7 @@ const COLUMNS: [(&str, &str); 3] = [
     ("workflow_execution_steps", "agentOutput"),
 ];
 
-async fn lz4_available(db: &SchemaManagerConnection<'_>) -> Result<bool, DbErr> {
+pub(crate) async fn lz4_available(db: &SchemaManagerConnection<'_>) -> Result<bool, DbErr> {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,

@@ -6,3 +6,4 @@ pub mod definition;
 pub mod prompt;
 pub mod relay;
 pub mod runner;
+pub mod state;

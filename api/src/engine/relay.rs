@@ -1,22 +1,28 @@
-//! Events across instances on one PostgreSQL database: after each commit the
-//! writer sends a small NOTIFY (ids, sequence, kind, and the text of a
+//! Events across instances on one PostgreSQL database: each commit sends a
+//! small NOTIFY (ids, sequence, kind, what the change wrote, the text of a
 //! streamed piece); other instances that have subscribers for that execution
-//! or drive read the state and publish the event on their own bus. Payloads
-//! stay far below PostgreSQL's 8000-byte limit: deltas are split before they
-//! are numbered. If the listener's connection drops, every stream on this
-//! instance re-sends a SNAPSHOT instead of leaving a silent gap.
+//! or drive apply the change to their copy of the run and publish the event,
+//! with the state after it, on their own bus. Payloads stay below
+//! PostgreSQL's 8000-byte limit: deltas are split before they are numbered,
+//! and values too large to carry are read from the rows, where they stay as
+//! that change wrote them. If the listener's connection drops, every stream
+//! on this instance re-sends a SNAPSHOT instead of leaving a silent gap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use super::state::{ExecPatch, StepPatch};
 use crate::events::{EventKind, ExecutionEvent};
 
 pub const CHANNEL: &str = "workflow_events";
 /// Streamed text is cut into pieces of at most this many bytes.
 pub const MAX_DELTA_BYTES: usize = 6000;
+/// A change larger than this as JSON leaves its large values out of the note.
+pub const MAX_PATCH_BYTES: usize = 6000;
 
 /// What one NOTIFY carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +39,131 @@ pub struct Note {
     pub t: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
+    /// What the event's change wrote (a `Patch`): on the first note of a
+    /// change; `{}` on the others and on deltas, which change no row. A note
+    /// without it makes the receiver read the rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<Box<RawValue>>,
+}
+
+/// A change as the relay carries it.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Patch {
+    /// When the change was stored (the rows' `updatedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a: Option<chrono::NaiveDateTime>,
+    #[serde(default)]
+    pub e: ExecPatch,
+    /// The step record the change wrote, and what it wrote there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<StepPatch>,
+    /// Values left out for their size, to be read from the rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub r: Vec<Field>,
+}
+
+/// A value a note may leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Field {
+    /// The value of the key `ExecPatch::context_add` names.
+    Context,
+    Error,
+    AgentInput,
+    AgentOutput,
+    UserInput,
+    StepError,
+}
+
+/// An empty patch: the note's event changed nothing stored.
+pub fn unchanged() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("valid JSON")
+}
+
+/// The change as a note's patch: whole when it is small, else without its
+/// large values (named in `r`). Large values are serialized only up to the
+/// limit, so a megabyte of output costs no megabyte here.
+pub fn patch(at: chrono::NaiveDateTime, exec: &ExecPatch, step: Option<(&str, &StepPatch)>) -> Box<RawValue> {
+    #[derive(Serialize)]
+    struct Whole<'a> {
+        a: chrono::NaiveDateTime,
+        e: &'a ExecPatch,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        t: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        s: Option<&'a StepPatch>,
+    }
+    let (t, step) = (step.map(|(id, _)| id), step.map(|(_, sp)| sp));
+    let mut out = Bounded(Vec::with_capacity(256));
+    let whole = Whole {
+        a: at,
+        e: exec,
+        t,
+        s: step,
+    };
+    if serde_json::to_writer(&mut out, &whole).is_ok() {
+        let text = String::from_utf8(out.0).expect("JSON is UTF-8");
+        return RawValue::from_string(text).expect("valid JSON");
+    }
+    let mut r = Vec::new();
+    let left_out = [
+        (exec.context_add.is_some(), Field::Context),
+        (exec.error_message.is_some(), Field::Error),
+        (step.is_some_and(|s| s.agent_input.is_some()), Field::AgentInput),
+        (step.is_some_and(|s| s.agent_output.is_some()), Field::AgentOutput),
+        (step.is_some_and(|s| s.user_input.is_some()), Field::UserInput),
+        (step.is_some_and(|s| s.error_message.is_some()), Field::StepError),
+    ];
+    for (present, field) in left_out {
+        if present {
+            r.push(field);
+        }
+    }
+    let e = ExecPatch {
+        status: exec.status,
+        current_step_order: exec.current_step_order,
+        context_add: exec
+            .context_add
+            .as_ref()
+            .map(|(k, _)| (k.clone(), serde_json::Value::Null)),
+        paused_at: exec.paused_at,
+        completed_at: exec.completed_at,
+        failed_at: exec.failed_at,
+        error_message: None,
+        lease: None,
+    };
+    let s = step.map(|sp| StepPatch {
+        status: sp.status,
+        started_at: sp.started_at,
+        completed_at: sp.completed_at,
+        ..Default::default()
+    });
+    let patch = Patch {
+        a: Some(at),
+        e,
+        t: t.map(str::to_owned),
+        s,
+        r,
+    };
+    let text = serde_json::to_string(&patch).expect("patch serializes");
+    RawValue::from_string(text).expect("valid JSON")
+}
+
+/// A writer that fails once more than `MAX_PATCH_BYTES` were written.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_PATCH_BYTES {
+            return Err(std::io::Error::other("over the note's size"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Note {
@@ -45,6 +176,7 @@ impl Note {
             k: Note::letter(event.kind),
             t: event.step.as_ref().map(|s| s.id.clone()),
             x: event.delta.clone(),
+            p: Some(unchanged()),
         }
     }
 

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::agents::{AgentError, AgentRegistry};
 use super::definition::StepDefinition;
 use super::relay::{self, Note, Relay};
+use super::state::{ExecPatch, RunState, StepPatch};
 use super::{condition, prompt};
 use crate::domain::{self, new_id, now, validation};
 use crate::error::{ApiError, ApiResult};
@@ -48,63 +49,6 @@ struct Live {
     seq: tokio::sync::Mutex<Option<i64>>,
     cancel: CancellationToken,
     runner: AtomicBool,
-}
-
-/// A run's rows as last written.
-#[derive(Clone)]
-struct RunState {
-    exec: Arc<execution::Model>,
-    steps: Arc<Vec<exec_step::Model>>,
-    /// The compact JSON size of `exec.accumulated_context`, once measured:
-    /// kept up to date as keys are added, so checking a step's output
-    /// against MAX_CONTEXT_BYTES does not serialize the whole context again.
-    context_bytes: Option<usize>,
-}
-
-impl RunState {
-    fn new(exec: Arc<execution::Model>, steps: Arc<Vec<exec_step::Model>>) -> Self {
-        Self {
-            exec,
-            steps,
-            context_bytes: None,
-        }
-    }
-
-    fn context_bytes(&mut self) -> usize {
-        *self
-            .context_bytes
-            .get_or_insert_with(|| crate::limits::json_bytes(&self.exec.accumulated_context))
-    }
-}
-
-/// Changes to the execution row; `None` leaves a column as it is.
-#[derive(Default)]
-struct ExecPatch {
-    status: Option<ExecutionStatus>,
-    current_step_order: Option<Option<i32>>,
-    /// One key added to `accumulatedContext` (`step_N_output` / `step_N_input`).
-    /// Only the new value is sent: the database merges it in, so a step's
-    /// cost does not grow with the context.
-    context_add: Option<(String, Value)>,
-    paused_at: Option<NaiveDateTime>,
-    completed_at: Option<NaiveDateTime>,
-    failed_at: Option<NaiveDateTime>,
-    error_message: Option<String>,
-    /// `Some(Some(until))`: this instance holds the lease until then;
-    /// `Some(None)`: nobody does (paused, finished, or handed back).
-    lease: Option<Option<NaiveDateTime>>,
-}
-
-/// Changes to one execution step row.
-#[derive(Default)]
-struct StepPatch {
-    status: Option<StepStatus>,
-    agent_input: Option<Value>,
-    agent_output: Option<Value>,
-    user_input: Option<Value>,
-    started_at: Option<NaiveDateTime>,
-    completed_at: Option<NaiveDateTime>,
-    error_message: Option<String>,
 }
 
 struct Change {
@@ -321,6 +265,17 @@ impl Engine {
                         .then(|| change.step.as_ref().map(|(idx, _)| state.steps[*idx].id.clone()))
                         .flatten(),
                     x: None,
+                    // The change goes with its first event; the state after
+                    // the others is the same.
+                    p: Some(if i == 0 {
+                        let step = change
+                            .step
+                            .as_ref()
+                            .map(|(idx, sp)| (state.steps[*idx].id.as_str(), sp));
+                        relay::patch(at, &change.exec, step)
+                    } else {
+                        relay::unchanged()
+                    }),
                 })
                 .collect(),
             None => Vec::new(),
@@ -345,67 +300,13 @@ impl Engine {
         }
 
         // The rows as now stored, built from what was just written.
-        let e = Arc::make_mut(&mut state.exec);
-        if let Some(s) = p.status {
-            e.status = s;
-        }
-        if let Some(o) = p.current_step_order {
-            e.current_step_order = o;
-        }
-        if let Some((key, value)) = &p.context_add {
-            state.context_bytes = state
-                .context_bytes
-                .map(|base| crate::limits::context_size_after(&e.accumulated_context, base, key, value));
-            if let Some(map) = e.accumulated_context.as_object_mut() {
-                map.insert(key.clone(), value.clone());
-            }
-        }
-        if p.paused_at.is_some() {
-            e.paused_at = p.paused_at;
-        }
-        if p.completed_at.is_some() {
-            e.completed_at = p.completed_at;
-        }
-        if p.failed_at.is_some() {
-            e.failed_at = p.failed_at;
-        }
-        if p.error_message.is_some() {
-            e.error_message = p.error_message.clone();
-        }
-        if let Some(l) = p.lease {
-            e.lease_owner = l.map(|_| self.instance.clone());
-            e.lease_expires_at = l;
-        }
-        e.sequence = new_seq;
-        e.sequence_reserved = new_seq;
-        e.updated_at = at;
-        let mut changed_step = None;
-        if let Some((idx, sp)) = change.step {
-            let s = &mut Arc::make_mut(&mut state.steps)[idx];
-            if let Some(v) = sp.status {
-                s.status = v;
-            }
-            if sp.agent_input.is_some() {
-                s.agent_input = sp.agent_input;
-            }
-            if sp.agent_output.is_some() {
-                s.agent_output = sp.agent_output;
-            }
-            if sp.user_input.is_some() {
-                s.user_input = sp.user_input;
-            }
-            if sp.started_at.is_some() {
-                s.started_at = sp.started_at;
-            }
-            if sp.completed_at.is_some() {
-                s.completed_at = sp.completed_at;
-            }
-            if sp.error_message.is_some() {
-                s.error_message = sp.error_message;
-            }
-            s.updated_at = at;
-            changed_step = Some(s.clone());
-        }
+        let changed_step = state.apply(
+            &change.exec,
+            change.step.as_ref().map(|(idx, sp)| (*idx, sp)),
+            new_seq,
+            at,
+            &self.instance,
+        );
         if let (Some(observe), Some(s)) = (self.step_observer.get(), &changed_step) {
             observe(s);
         }
@@ -488,6 +389,7 @@ impl Engine {
             drive_id: template.drive_id.clone(),
             status: ExecutionStatus::Running,
             current_step_order: Some(0),
+            initial_context: context.clone(),
             accumulated_context: context,
             started_at: Some(at),
             paused_at: None,
@@ -1191,6 +1093,7 @@ impl Engine {
                 k: 'C',
                 t: None,
                 x: None,
+                p: None,
             };
             self.notify(&note).await;
         }
@@ -1363,8 +1266,10 @@ impl Engine {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            // Anything sent while not listening is lost: streams resync.
+            // Anything sent while not listening is lost: streams resync,
+            // and the copies of runs are read afresh.
             relay.missed_some();
+            let mut copies: HashMap<String, RunState> = HashMap::new();
             loop {
                 let received = tokio::select! {
                     _ = self.stopping.cancelled() => return,
@@ -1374,7 +1279,7 @@ impl Engine {
                     Ok(Some(n)) => {
                         if let Ok(note) = serde_json::from_str::<Note>(n.payload()) {
                             if note.i != relay.instance {
-                                self.receive(&relay, note).await;
+                                self.receive(&relay, &mut copies, note).await;
                             }
                         }
                     }
@@ -1392,7 +1297,7 @@ impl Engine {
         }
     }
 
-    async fn receive(self: &Arc<Self>, relay: &Arc<Relay>, note: Note) {
+    async fn receive(self: &Arc<Self>, relay: &Arc<Relay>, copies: &mut HashMap<String, RunState>, note: Note) {
         if note.k == 'C' {
             let owned = self
                 .live
@@ -1422,30 +1327,160 @@ impl Engine {
         }
         relay.record(&note.e, note.s);
         if !relay.follows(&note) {
+            copies.remove(&note.e);
             return;
         }
-        let state = match self.load(&note.e).await {
-            Ok(Some(s)) => s,
+        let event = match self.replay(copies, kind, &note).await {
+            Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "event relay: reading the execution failed");
+                copies.remove(&note.e);
                 relay.missed_some();
                 return;
             }
         };
-        let step = note
-            .t
+        if copies.len() > 10_000 {
+            // Bounded: forgetting a copy only costs reading the rows again.
+            copies.clear();
+        }
+        if !event.execution.status.is_terminal() {
+            copies.insert(
+                note.e.clone(),
+                RunState::new(event.execution.clone(), event.steps.clone()),
+            );
+        }
+        self.bus.publish(event);
+    }
+
+    /// The event another instance's note tells of, with the state after it,
+    /// as the writer published it: the note's change applied to this
+    /// instance's copy of the run when the copy is at the event before; the
+    /// run's first state rebuilt from the rows for its first event; the rows
+    /// themselves when they are still at this event. When they have moved
+    /// on, that event's state is gone: a SNAPSHOT of the rows stands for it.
+    /// `None` for a note already applied.
+    async fn replay(
+        &self,
+        copies: &mut HashMap<String, RunState>,
+        kind: EventKind,
+        note: &Note,
+    ) -> Result<Option<ExecutionEvent>, DbErr> {
+        let event = |kind, sequence, at, state: RunState| {
+            let step = note
+                .t
+                .as_ref()
+                .and_then(|t| state.steps.iter().find(|s| &s.id == t).cloned());
+            ExecutionEvent {
+                kind,
+                sequence,
+                at,
+                execution: state.exec,
+                steps: state.steps,
+                step,
+                delta: note.x.clone(),
+            }
+        };
+        let patch = note
+            .p
             .as_ref()
-            .and_then(|t| state.steps.iter().find(|s| &s.id == t).cloned());
-        self.bus.publish(ExecutionEvent {
-            kind,
-            sequence: note.s,
-            at: now(),
-            execution: state.exec,
-            steps: state.steps,
-            step,
-            delta: note.x,
-        });
+            .and_then(|p| serde_json::from_str::<relay::Patch>(p.get()).ok());
+        match copies.remove(&note.e) {
+            Some(copy) if copy.exec.sequence >= note.s => {
+                copies.insert(note.e.clone(), copy);
+                return Ok(None);
+            }
+            Some(mut copy) if copy.exec.sequence + 1 == note.s && patch.is_some() => {
+                let mut patch = patch.expect("checked");
+                let at = match patch.a {
+                    Some(at) => {
+                        self.read_left_out(&note.e, &mut patch).await?;
+                        let idx = patch
+                            .t
+                            .as_ref()
+                            .and_then(|t| copy.steps.iter().position(|s| &s.id == t));
+                        copy.apply(&patch.e, idx.zip(patch.s.as_ref()), note.s, at, "");
+                        at
+                    }
+                    None => {
+                        // A delta, or a change's later event: nothing stored changed.
+                        Arc::make_mut(&mut copy.exec).sequence = note.s;
+                        now()
+                    }
+                };
+                return Ok(Some(event(kind, note.s, at, copy)));
+            }
+            _ => {}
+        }
+        let Some(mut rows) = self.load(&note.e).await? else {
+            return Ok(None);
+        };
+        if note.s == 1 {
+            let first = RunState::as_started(&rows.exec, &rows.steps);
+            let at = first.exec.created_at;
+            return Ok(Some(event(kind, 1, at, first)));
+        }
+        let stored = rows.exec.sequence;
+        // Deltas are not stored: rows older than a delta are its state.
+        if stored == note.s || (kind == EventKind::StepOutputDelta && stored < note.s) {
+            Arc::make_mut(&mut rows.exec).sequence = note.s;
+            let at = rows.exec.updated_at;
+            return Ok(Some(event(kind, note.s, at, rows)));
+        }
+        if stored > note.s {
+            let mut snap = event(EventKind::Snapshot, stored, now(), rows);
+            snap.step = None;
+            snap.delta = None;
+            return Ok(Some(snap));
+        }
+        Ok(None)
+    }
+
+    /// Fills in the values a note left out for their size, from the rows:
+    /// a later change never rewrites them (a step's input, output and
+    /// message, a context key, the execution's message).
+    async fn read_left_out(&self, id: &str, patch: &mut relay::Patch) -> Result<(), DbErr> {
+        use relay::Field;
+        let left_out = std::mem::take(&mut patch.r);
+        if left_out.contains(&Field::Context) || left_out.contains(&Field::Error) {
+            if let Some(row) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await? {
+                if let (true, Some((key, value))) = (left_out.contains(&Field::Context), patch.e.context_add.as_mut()) {
+                    *value = row
+                        .accumulated_context
+                        .get(key.as_str())
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                }
+                if left_out.contains(&Field::Error) {
+                    patch.e.error_message = row.error_message;
+                }
+            }
+        }
+        let step_fields = [
+            Field::AgentInput,
+            Field::AgentOutput,
+            Field::UserInput,
+            Field::StepError,
+        ];
+        let (Some(t), Some(sp)) = (&patch.t, patch.s.as_mut()) else {
+            return Ok(());
+        };
+        if !step_fields.iter().any(|f| left_out.contains(f)) {
+            return Ok(());
+        }
+        let Some(row) = exec_step::Entity::find_by_id(t.clone()).one(&self.db).await? else {
+            return Ok(());
+        };
+        for field in left_out {
+            match field {
+                Field::AgentInput => sp.agent_input = row.agent_input.clone(),
+                Field::AgentOutput => sp.agent_output = row.agent_output.clone(),
+                Field::UserInput => sp.user_input = row.user_input.clone(),
+                Field::StepError => sp.error_message = row.error_message.clone(),
+                Field::Context | Field::Error => {}
+            }
+        }
+        Ok(())
     }
 
     /// Stops taking new work, lets steps in flight finish for up to `grace`,

@@ -318,3 +318,138 @@ async fn many_runs_split_across_two_instances_each_step_once() {
         assert_eq!(stub.requests_mentioning(&format!("run-{n}-x")), 1, "run {n}");
     }
 }
+
+/// The drive feed on one instance, for a run on another: every event shows
+/// the state after it (not the rows as they are when it is relayed), in
+/// order, sequences rising by one from the run's first event, including a
+/// step whose prompt and output are too large to travel in a NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let a = ServerProcess::start(&db.url, None, &FAST).await;
+    let b = ServerProcess::start(&db.url, None, &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([
+            {"agentId": "echo", "promptTemplate": "a {{topic}}"},
+            {"agentId": "echo", "promptTemplate": "b {{step_0_output.text}}"},
+            {"agentId": "echo", "promptTemplate": "{{big}}"},
+            {"agentId": "echo", "promptTemplate": "d {{step_1_output.text}}"}
+        ]),
+    )
+    .await;
+    let drive = a
+        .ok(
+            &owner,
+            "query($t: ID!) { workflowTemplate(id: $t) { driveId } }",
+            json!({"t": t}),
+        )
+        .await["workflowTemplate"]["driveId"]
+        .clone();
+    let mut ws = WsClient::connect_with_token(&b.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe(
+        "1",
+        "subscription($d: ID!) { driveWorkflowExecutionEvents(driveId: $d) {
+           kind sequence execution { id status currentStepOrder accumulatedContext }
+           step { stepOrder status agentInput agentOutput } } }",
+        json!({"d": drive}),
+    )
+    .await;
+    // The subscription is in place once the server has read it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let big = "é".repeat(5000); // 10,000 bytes: more than a NOTIFY carries
+    let id = start(&a, &owner, &t, json!({"topic": "x", "big": big})).await;
+
+    let mut events = Vec::new();
+    loop {
+        match ws.next("1", Duration::from_secs(20)).await {
+            Some(Incoming::Next(p)) => {
+                assert!(p.get("errors").is_none(), "{p}");
+                let e = p["data"]["driveWorkflowExecutionEvents"].clone();
+                assert_eq!(e["execution"]["id"], id.as_str());
+                let done = e["kind"] == "EXECUTION_UPDATED" && e["execution"]["status"] == "COMPLETED";
+                events.push(e);
+                if done {
+                    break;
+                }
+            }
+            other => panic!(
+                "unexpected {other:?} after {events:?}\nA:\n{}\nB:\n{}",
+                a.log_text(),
+                b.log_text()
+            ),
+        }
+    }
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e["step"]["stepOrder"].as_i64() {
+            Some(n) => format!("{n}:{}", e["step"]["status"].as_str().unwrap()),
+            None => format!(
+                "{}:{}",
+                e["kind"].as_str().unwrap(),
+                e["execution"]["status"].as_str().unwrap()
+            ),
+        })
+        .collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{kinds:?}");
+    assert_eq!(
+        kinds,
+        [
+            "EXECUTION_UPDATED:RUNNING",
+            "0:RUNNING",
+            "0:COMPLETED",
+            "1:RUNNING",
+            "1:COMPLETED",
+            "2:RUNNING",
+            "2:COMPLETED",
+            "3:RUNNING",
+            "3:COMPLETED",
+            "EXECUTION_UPDATED:COMPLETED"
+        ]
+    );
+    // The context after each event: a step's output appears with its
+    // COMPLETED event, never before.
+    for e in &events {
+        let ctx = e["execution"]["accumulatedContext"].as_object().unwrap();
+        let outputs: Vec<&String> = ctx.keys().filter(|k| k.starts_with("step_")).collect();
+        let completed = match (e["step"]["stepOrder"].as_i64(), e["step"]["status"].as_str()) {
+            (Some(n), Some("COMPLETED")) => n + 1,
+            (Some(n), _) => n,
+            (None, _) if e["execution"]["status"] == "COMPLETED" => 4,
+            (None, _) => 0,
+        };
+        let expected: Vec<String> = (0..completed).map(|n| format!("step_{n}_output")).collect();
+        assert_eq!(outputs, expected.iter().collect::<Vec<_>>(), "{e}");
+        if e["kind"] == "STEP_UPDATED" {
+            // A step's RUNNING event points at it; its COMPLETED at the next.
+            let order = e["step"]["stepOrder"].as_i64().unwrap();
+            let current = if e["step"]["status"] == "RUNNING" {
+                order
+            } else {
+                (order + 1).min(3)
+            };
+            assert_eq!(e["execution"]["currentStepOrder"], current, "{e}");
+        }
+    }
+    assert_eq!(
+        events[0]["execution"]["accumulatedContext"],
+        json!({"topic": "x", "big": big})
+    );
+    // The large step's prompt and output, left out of the notes, are right.
+    assert_eq!(events[5]["step"]["agentInput"]["prompt"], big.as_str());
+    assert!(events[5]["step"]["agentOutput"].is_null());
+    assert_eq!(events[6]["step"]["agentOutput"]["text"], big.as_str());
+    assert_eq!(
+        events[6]["execution"]["accumulatedContext"]["step_2_output"]["text"],
+        big.as_str()
+    );
+    assert_eq!(
+        events[9]["execution"]["accumulatedContext"]["step_3_output"]["text"],
+        "d b a x"
+    );
+}
