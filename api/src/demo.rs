@@ -58,6 +58,7 @@ pub async fn seed_if_empty(db: &DatabaseConnection) -> anyhow::Result<()> {
                 step("Analyze security vulnerabilities in: {{code}}. Previous review: {{step_0_output.text}}"),
                 docs,
             ],
+            parent_template_id: None,
         },
     )
     .await?;

@@ -41,6 +41,12 @@ pub struct Model {
     pub lease_owner: Option<String>,
     #[sea_orm(column_name = "leaseExpiresAt")]
     pub lease_expires_at: Option<DateTime>,
+    /// The template version this run executes.
+    #[sea_orm(column_name = "templateVersion")]
+    pub template_version: i32,
+    /// The run this one re-runs from a step.
+    #[sea_orm(column_name = "retryOfExecutionId")]
+    pub retry_of_execution_id: Option<String>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

@@ -29,6 +29,8 @@ pub struct Model {
     /// The template step as it was when the run started.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub definition: Option<Json>,
+    /// Copied, as it ended, from the run this one retries; never run here.
+    pub reused: bool,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

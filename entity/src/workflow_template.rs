@@ -18,6 +18,11 @@ pub struct Model {
     pub tags: Tags,
     #[sea_orm(column_name = "isPublic")]
     pub is_public: bool,
+    /// Bumped by every change to the template or its steps (from 1).
+    pub version: i32,
+    /// The template this one was duplicated from.
+    #[sea_orm(column_name = "parentTemplateId")]
+    pub parent_template_id: Option<String>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

@@ -92,7 +92,37 @@ impl Agent for Burst {
     }
 }
 
-/// The built-in agents plus `slow`, `flaky`, `streamer` and `burst`.
+/// How many times `counter` was called with each prompt, in this process.
+static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+/// `counter`: returns `{"text": prompt, "calls": n}`, n counting the calls
+/// with that prompt in this test process (prompts name their test's run).
+struct Counter;
+
+#[async_trait::async_trait]
+impl Agent for Counter {
+    async fn call(&self, prompt: &str, _deltas: Option<&DeltaSink>) -> Result<Value, AgentError> {
+        let mut counts = COUNTS.lock().unwrap();
+        let n = counts
+            .get_or_insert_with(HashMap::new)
+            .entry(prompt.to_owned())
+            .or_insert(0);
+        *n += 1;
+        Ok(json!({ "text": prompt, "calls": *n }))
+    }
+}
+
+/// How many times `counter` was called with `prompt`.
+pub fn counter_calls(prompt: &str) -> u64 {
+    COUNTS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(prompt).copied())
+        .unwrap_or(0)
+}
+
+/// The built-in agents plus `slow`, `flaky`, `streamer`, `burst` and `counter`.
 pub fn registry() -> AgentRegistry {
     let mut r = AgentRegistry::builtin();
     let info = |id: &str| AgentInfo {
@@ -104,5 +134,6 @@ pub fn registry() -> AgentRegistry {
     r.insert(info("flaky"), Arc::new(Flaky::default()));
     r.insert(info("streamer"), Arc::new(Streamer));
     r.insert(info("burst"), Arc::new(Burst));
+    r.insert(info("counter"), Arc::new(Counter));
     r
 }

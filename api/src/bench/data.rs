@@ -387,6 +387,7 @@ pub async fn load(db: &DatabaseConnection, size: DataSize) -> Result<(), DbErr> 
                         _ => None,
                     }),
                     definition: Set(None),
+                    reused: Set(false),
                     created_at: Set(started),
                     updated_at: Set(step_start + secs(15)),
                 });

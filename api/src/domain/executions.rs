@@ -1,10 +1,15 @@
-//! Reading workflow executions and their step records.
+//! Workflow executions: reading them and their step records, and what a new
+//! run (a start, or a retry of a run that failed) is made of.
 
-use entity::{ExecutionStatus, workflow_execution as execution, workflow_execution_step as exec_step};
+use entity::{ExecutionStatus, StepStatus, workflow_execution as execution, workflow_execution_step as exec_step};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 
 use super::pagination::{Cursor, Page};
+use super::{steps, versions};
 use crate::access::ExecutionScope;
+use crate::engine::definition::StepDefinition;
+use crate::engine::runner::{Launch, Seed};
+use crate::error::{ApiError, ApiResult};
 
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
@@ -104,6 +109,146 @@ pub async fn steps_of(db: &impl ConnectionTrait, execution_ids: &[String]) -> Re
         .filter(exec_step::Column::WorkflowExecutionId.is_in(execution_ids.iter().cloned()))
         .order_by_asc(exec_step::Column::WorkflowExecutionId)
         .order_by_asc(exec_step::Column::StepOrder)
+        .all(db)
+        .await
+}
+
+/// A run of `template` by `user_id`: its `version` (the current one when
+/// `None`; an unknown one is `BAD_USER_INPUT`), starting from `context`.
+pub async fn launch(
+    db: &impl ConnectionTrait,
+    template: &entity::workflow_template::Model,
+    user_id: &str,
+    context: serde_json::Value,
+    version: Option<i32>,
+) -> ApiResult<Launch> {
+    let steps = match version {
+        None => steps::of_templates(db, &[template.id.clone()])
+            .await?
+            .iter()
+            .map(|s| Seed::Run {
+                workflow_step_id: Some(s.id.clone()),
+                step_order: s.step_order,
+                definition: StepDefinition::from(s),
+            })
+            .collect(),
+        Some(n) => {
+            let stored = versions::find(db, &template.id, n).await?.ok_or_else(|| {
+                ApiError::bad_input(format!(
+                    "version: template {} has no version {n} (its versions are 1 to {})",
+                    template.id, template.version
+                ))
+            })?;
+            let steps = versions::steps_of(&stored)?;
+            // A run links to the template steps that still exist.
+            let ids: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
+            let live: std::collections::HashSet<String> = steps::find_many(db, &ids)
+                .await?
+                .into_iter()
+                .filter(|s| s.workflow_template_id == template.id)
+                .map(|s| s.id)
+                .collect();
+            steps
+                .into_iter()
+                .map(|s| Seed::Run {
+                    workflow_step_id: live.contains(&s.id).then_some(s.id),
+                    step_order: s.step_order,
+                    definition: s.definition,
+                })
+                .collect()
+        }
+    };
+    Ok(Launch {
+        template_id: template.id.clone(),
+        drive_id: template.drive_id.clone(),
+        user_id: user_id.to_owned(),
+        version: version.unwrap_or(template.version),
+        context,
+        retry_of: None,
+        steps,
+    })
+}
+
+/// A re-run of the FAILED or CANCELLED `original` by `user_id`, from step
+/// `from` (default: the first step that did not end well): the steps before
+/// it are reused as they ended, the rest run as the original's copies of
+/// their definitions say (the same template version).
+pub fn retry(
+    original: &execution::Model,
+    records: &[exec_step::Model],
+    from: Option<i32>,
+    user_id: &str,
+) -> ApiResult<Launch> {
+    if !matches!(original.status, ExecutionStatus::Failed | ExecutionStatus::Cancelled) {
+        return Err(ApiError::Conflict(format!(
+            "only a FAILED or CANCELLED execution can be retried; this one is {}",
+            crate::engine::runner::status_name(original.status)
+        )));
+    }
+    let stopped_at = records
+        .iter()
+        .find(|r| !matches!(r.status, StepStatus::Completed | StepStatus::Skipped))
+        .map(|r| r.step_order)
+        .or_else(|| records.last().map(|r| r.step_order))
+        .unwrap_or(0);
+    let from = from.unwrap_or(stopped_at);
+    if !(0..=stopped_at).contains(&from) {
+        return Err(ApiError::bad_input(format!(
+            "fromStepOrder: must be between 0 and {stopped_at} (the step where the execution stopped)"
+        )));
+    }
+    let steps = records
+        .iter()
+        .map(|r| {
+            if r.step_order < from {
+                return Ok(Seed::Reused(r.clone()));
+            }
+            let definition = r
+                .definition
+                .clone()
+                .ok_or_else(|| ApiError::Internal(format!("step {} has no definition to run again", r.step_order)))
+                .and_then(|d| {
+                    serde_json::from_value::<StepDefinition>(d).map_err(|e| {
+                        ApiError::Internal(format!("step {} has an unreadable definition: {e}", r.step_order))
+                    })
+                })?;
+            Ok(Seed::Run {
+                workflow_step_id: r.workflow_step_id.clone(),
+                step_order: r.step_order,
+                definition,
+            })
+        })
+        .collect::<ApiResult<Vec<Seed>>>()?;
+    Ok(Launch {
+        template_id: original.workflow_template_id.clone(),
+        drive_id: original.drive_id.clone(),
+        user_id: user_id.to_owned(),
+        version: original.template_version,
+        context: original.initial_context.clone(),
+        retry_of: Some(original.id.clone()),
+        steps,
+    })
+}
+
+/// Executions that retry any of `ids`, oldest first.
+pub async fn retries_of(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<execution::Model>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    execution::Entity::find()
+        .filter(execution::Column::RetryOfExecutionId.is_in(ids.iter().cloned()))
+        .order_by_asc(execution::Column::CreatedAt)
+        .order_by_asc(execution::Column::Id)
+        .all(db)
+        .await
+}
+
+pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<execution::Model>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    execution::Entity::find()
+        .filter(execution::Column::Id.is_in(ids.iter().cloned()))
         .all(db)
         .await
 }

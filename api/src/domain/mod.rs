@@ -8,6 +8,7 @@ pub mod steps;
 pub mod templates;
 pub mod users;
 pub mod validation;
+pub mod versions;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

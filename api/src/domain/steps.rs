@@ -1,6 +1,7 @@
 //! Workflow steps. Every change runs in one transaction that first locks the
-//! template, keeps `stepOrder` contiguous from 0, and re-checks every prompt's
-//! `step_K_output` references against the new order before committing.
+//! template (bumping its version), keeps `stepOrder` contiguous from 0,
+//! re-checks every prompt's `step_K_output` references against the new order,
+//! and stores the template as its new version before committing.
 
 use chrono::NaiveDateTime;
 use entity::workflow_step as step;
@@ -12,7 +13,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::validation::{self, OrderedPrompt};
-use super::{new_id, now, templates};
+use super::{new_id, now, versions};
 use crate::error::{ApiError, ApiResult};
 
 /// A validated step ready to be written.
@@ -37,7 +38,36 @@ pub struct StepChanges {
     pub condition: Option<Option<Value>>,
 }
 
+impl From<&step::Model> for NewStep {
+    fn from(s: &step::Model) -> Self {
+        Self {
+            agent_id: s.agent_id.clone(),
+            prompt_template: s.prompt_template.clone(),
+            requires_user_input: s.requires_user_input,
+            input_schema: s.input_schema.clone(),
+            metadata: s.metadata.clone(),
+            condition: s.condition.clone(),
+        }
+    }
+}
+
 impl NewStep {
+    pub fn into_row(self, id: String, template_id: &str, order: i32, at: NaiveDateTime) -> step::Model {
+        step::Model {
+            id,
+            workflow_template_id: template_id.to_owned(),
+            step_order: order,
+            agent_id: self.agent_id,
+            prompt_template: self.prompt_template,
+            requires_user_input: self.requires_user_input,
+            input_schema: self.input_schema,
+            metadata: self.metadata,
+            condition: self.condition,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
     /// What this step adds to its template's size (`MAX_TEMPLATE_BYTES`).
     pub fn bytes(&self) -> usize {
         step_bytes(
@@ -91,30 +121,25 @@ pub fn check_references<'a>(prompts: impl Iterator<Item = &'a str>) -> ApiResult
     validation::step_references(&list, field_for_step)
 }
 
+/// Inserts the steps in this order; returns them as stored.
 pub(super) async fn insert_all(
     db: &impl ConnectionTrait,
     template_id: &str,
     steps: Vec<NewStep>,
     at: NaiveDateTime,
-) -> Result<(), DbErr> {
+) -> Result<Vec<step::Model>, DbErr> {
     if steps.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let rows = steps.into_iter().enumerate().map(|(i, s)| step::ActiveModel {
-        id: Set(new_id()),
-        workflow_template_id: Set(template_id.to_owned()),
-        step_order: Set(i as i32),
-        agent_id: Set(s.agent_id),
-        prompt_template: Set(s.prompt_template),
-        requires_user_input: Set(s.requires_user_input),
-        input_schema: Set(s.input_schema),
-        metadata: Set(s.metadata),
-        condition: Set(s.condition),
-        created_at: Set(at),
-        updated_at: Set(at),
-    });
-    step::Entity::insert_many(rows).exec_without_returning(db).await?;
-    Ok(())
+    let rows: Vec<step::Model> = steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.into_row(new_id(), template_id, i as i32, at))
+        .collect();
+    step::Entity::insert_many(rows.iter().cloned().map(step::ActiveModel::from))
+        .exec_without_returning(db)
+        .await?;
+    Ok(rows)
 }
 
 pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<step::Model>, DbErr> {
@@ -144,10 +169,11 @@ pub async fn of_templates(db: &impl ConnectionTrait, template_ids: &[String]) ->
         .await
 }
 
-/// Starts a transaction holding the template's lock and reads its steps.
+/// Starts a transaction holding the template's lock, its version bumped,
+/// and reads its steps.
 async fn begin(db: &DatabaseConnection, template_id: &str) -> ApiResult<(DatabaseTransaction, Vec<step::Model>)> {
     let txn = db.begin().await?;
-    if !templates::lock_for_step_change(&txn, template_id).await? {
+    if !versions::bump(&txn, template_id).await? {
         return Err(ApiError::not_found("workflow template", template_id));
     }
     let steps = of_templates(&txn, &[template_id.to_owned()]).await?;
@@ -187,6 +213,7 @@ pub async fn add(
     new: NewStep,
     position: Option<i32>,
     max_bytes: usize,
+    editor: &str,
 ) -> ApiResult<step::Model> {
     let (txn, mut steps) = begin(db, template_id).await?;
     let count = steps.len() as i32;
@@ -197,19 +224,7 @@ pub async fn add(
         )));
     }
     let at = now();
-    let row = step::Model {
-        id: new_id(),
-        workflow_template_id: template_id.to_owned(),
-        step_order: position,
-        agent_id: new.agent_id,
-        prompt_template: new.prompt_template,
-        requires_user_input: new.requires_user_input,
-        input_schema: new.input_schema,
-        metadata: new.metadata,
-        condition: new.condition,
-        created_at: at,
-        updated_at: at,
-    };
+    let row = new.into_row(new_id(), template_id, position, at);
     steps.insert(position as usize, row.clone());
     check_template_size(steps.iter().map(model_bytes).sum(), max_bytes)?;
     check_references(steps.iter().map(|s| s.prompt_template.as_str()))?;
@@ -218,6 +233,7 @@ pub async fn add(
     step::Entity::insert(step::ActiveModel::from(row.clone()))
         .exec_without_returning(&txn)
         .await?;
+    versions::store_current(&txn, template_id, editor).await?;
     txn.commit().await?;
     Ok(row)
 }
@@ -227,6 +243,7 @@ pub async fn update(
     current: &step::Model,
     changes: StepChanges,
     max_bytes: usize,
+    editor: &str,
 ) -> ApiResult<step::Model> {
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let Some(mut next) = steps.iter().find(|s| s.id == current.id).cloned() else {
@@ -282,24 +299,26 @@ pub async fn update(
     })
     .exec(&txn)
     .await?;
+    versions::store_current(&txn, &current.workflow_template_id, editor).await?;
     txn.commit().await?;
     Ok(next)
 }
 
 /// Deletes a step and closes the gap. Execution steps that ran it keep their
 /// record with `workflowStepId` set to NULL (FK SET NULL).
-pub async fn delete(db: &DatabaseConnection, current: &step::Model) -> ApiResult<()> {
+pub async fn delete(db: &DatabaseConnection, current: &step::Model, editor: &str) -> ApiResult<()> {
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let remaining: Vec<step::Model> = steps.into_iter().filter(|s| s.id != current.id).collect();
     check_references(remaining.iter().map(|s| s.prompt_template.as_str()))?;
     step::Entity::delete_by_id(current.id.clone()).exec(&txn).await?;
     renumber(&txn, &remaining, now()).await?;
+    versions::store_current(&txn, &current.workflow_template_id, editor).await?;
     txn.commit().await?;
     Ok(())
 }
 
 /// Puts the steps in the order of `ids`, which must name each step once.
-pub async fn reorder(db: &DatabaseConnection, template_id: &str, ids: &[String]) -> ApiResult<()> {
+pub async fn reorder(db: &DatabaseConnection, template_id: &str, ids: &[String], editor: &str) -> ApiResult<()> {
     let (txn, steps) = begin(db, template_id).await?;
     let mut seen = std::collections::HashSet::new();
     for id in ids {
@@ -327,6 +346,7 @@ pub async fn reorder(db: &DatabaseConnection, template_id: &str, ids: &[String])
         .collect();
     check_references(ordered.iter().map(|s| s.prompt_template.as_str()))?;
     renumber(&txn, &ordered, now()).await?;
+    versions::store_current(&txn, template_id, editor).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::pagination::{Cursor, Page};
 use super::steps::{self, NewStep};
-use super::{new_id, now};
+use super::{new_id, now, versions};
 use crate::access::TemplateScope;
 
 /// A validated template ready to be written.
@@ -25,6 +25,8 @@ pub struct NewTemplate {
     pub tags: Vec<String>,
     pub is_public: bool,
     pub steps: Vec<NewStep>,
+    /// The template this one is a copy of.
+    pub parent_template_id: Option<String>,
 }
 
 /// Validated changes; `None` leaves a field as it is.
@@ -59,6 +61,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
         category: new.category,
         tags: Tags(new.tags),
         is_public: new.is_public,
+        version: 1,
+        parent_template_id: new.parent_template_id,
         created_at: at,
         updated_at: at,
     };
@@ -73,6 +77,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             template::Column::Category,
             template::Column::Tags,
             template::Column::IsPublic,
+            template::Column::Version,
+            template::Column::ParentTemplateId,
             template::Column::CreatedAt,
             template::Column::UpdatedAt,
         ])
@@ -85,53 +91,54 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             row.category.clone().into(),
             row.tags.to_value(backend).into(),
             row.is_public.into(),
+            row.version.into(),
+            row.parent_template_id.clone().into(),
             at.into(),
             at.into(),
         ])
         .to_owned();
     txn.execute(&insert).await?;
-    steps::insert_all(&txn, &row.id, new.steps, at).await?;
+    let steps = steps::insert_all(&txn, &row.id, new.steps, at).await?;
+    versions::store(&txn, &row, &steps, &row.created_by).await?;
     txn.commit().await?;
     Ok(row)
 }
 
+/// Applies the changes as a new version, by `editor`.
 pub async fn update(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     current: &template::Model,
     changes: TemplateChanges,
+    editor: &str,
 ) -> Result<template::Model, DbErr> {
-    let backend = db.get_database_backend();
-    let mut next = current.clone();
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
     let mut stmt = Query::update();
     stmt.table(template::Entity)
-        .and_where(template::Column::Id.eq(current.id.clone()));
+        .and_where(template::Column::Id.eq(current.id.clone()))
+        .value(template::Column::Version, Expr::col(template::Column::Version).add(1));
     if let Some(name) = changes.name {
-        stmt.value(template::Column::Name, name.clone());
-        next.name = name;
+        stmt.value(template::Column::Name, name);
     }
     if let Some(d) = changes.description {
-        stmt.value(template::Column::Description, d.clone());
-        next.description = d;
+        stmt.value(template::Column::Description, d);
     }
     if let Some(c) = changes.category {
-        stmt.value(template::Column::Category, c.clone());
-        next.category = c;
+        stmt.value(template::Column::Category, c);
     }
     if let Some(t) = changes.tags {
-        let tags = Tags(t);
-        stmt.value(template::Column::Tags, tags.to_value(backend));
-        next.tags = tags;
+        stmt.value(template::Column::Tags, Tags(t).to_value(backend));
     }
     if let Some(p) = changes.is_public {
         stmt.value(template::Column::IsPublic, p);
-        next.is_public = p;
     }
-    next.updated_at = now();
-    stmt.value(template::Column::UpdatedAt, next.updated_at);
-    let res = db.execute(&stmt).await?;
+    stmt.value(template::Column::UpdatedAt, now());
+    let res = txn.execute(&stmt).await?;
     if res.rows_affected() == 0 {
         return Err(DbErr::RecordNotFound(format!("workflow template {}", current.id)));
     }
+    let next = versions::store_current(&txn, &current.id, editor).await?;
+    txn.commit().await?;
     Ok(next)
 }
 
@@ -246,16 +253,4 @@ pub async fn list(
 
 pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, DbErr> {
     template::Entity::find().filter(cond).count(db).await
-}
-
-/// Locks the template row for the rest of the transaction (PostgreSQL row
-/// lock; on SQLite the write takes the database's write lock), so concurrent
-/// step changes to one template apply one after another.
-pub async fn lock_for_step_change(db: &impl ConnectionTrait, id: &str) -> Result<bool, DbErr> {
-    let stmt = Query::update()
-        .table(template::Entity)
-        .value(template::Column::UpdatedAt, now())
-        .and_where(template::Column::Id.eq(id))
-        .to_owned();
-    Ok(db.execute(&stmt).await?.rows_affected() > 0)
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use entity::{ExecutionStatus, StepStatus};
-use entity::{workflow_execution as execution, workflow_execution_step as exec_step, workflow_template as template};
+use entity::{workflow_execution as execution, workflow_execution_step as exec_step};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -49,6 +49,34 @@ struct Live {
     seq: tokio::sync::Mutex<Option<i64>>,
     cancel: CancellationToken,
     runner: AtomicBool,
+}
+
+/// A run about to be created (see `domain::executions` for how one is made).
+pub struct Launch {
+    pub template_id: String,
+    pub drive_id: String,
+    /// Who starts it: the run is theirs.
+    pub user_id: String,
+    /// The template version it executes.
+    pub version: i32,
+    /// The context it starts with (`initialContext`).
+    pub context: Value,
+    pub retry_of: Option<String>,
+    /// Its step records, in `stepOrder`.
+    pub steps: Vec<Seed>,
+}
+
+/// One step record of a new run.
+pub enum Seed {
+    /// A step to run, as its template version defines it.
+    Run {
+        workflow_step_id: Option<String>,
+        step_order: i32,
+        definition: StepDefinition,
+    },
+    /// A step record of the run being retried, copied as it ended and never
+    /// run again.
+    Reused(exec_step::Model),
 }
 
 struct Change {
@@ -369,27 +397,73 @@ impl Engine {
         Ok(!rows.is_empty())
     }
 
-    /// Creates the execution (RUNNING) and a PENDING record per template
-    /// step, each carrying a copy of its step, then runs it in the background.
-    pub async fn start(
-        self: &Arc<Self>,
-        template: &template::Model,
-        user_id: &str,
-        context: Value,
-    ) -> ApiResult<execution::Model> {
-        let steps = domain::steps::of_templates(&self.db, &[template.id.clone()]).await?;
-        if steps.is_empty() {
+    /// Creates the execution (RUNNING) and its step records — a PENDING one
+    /// per step to run, carrying a copy of its definition, and those a retry
+    /// reuses as they ended — then runs it in the background.
+    pub async fn start(self: &Arc<Self>, launch: Launch) -> ApiResult<execution::Model> {
+        if launch.steps.is_empty() {
             return Err(ApiError::bad_input("templateId: the template has no steps to run"));
         }
         let at = now();
+        let id = new_id();
+        // The context as the reused steps left it: the starting context plus
+        // their inputs and outputs, in step order.
+        let mut context = launch.context.clone();
+        if let Some(map) = context.as_object_mut() {
+            for seed in &launch.steps {
+                if let Seed::Reused(r) = seed {
+                    if let Some(input) = &r.user_input {
+                        map.insert(format!("step_{}_input", r.step_order), input.clone());
+                    }
+                    if let (StepStatus::Completed, Some(output)) = (r.status, &r.agent_output) {
+                        map.insert(format!("step_{}_output", r.step_order), output.clone());
+                    }
+                }
+            }
+        }
+        let records: Vec<exec_step::Model> = launch
+            .steps
+            .into_iter()
+            .map(|seed| match seed {
+                Seed::Run {
+                    workflow_step_id,
+                    step_order,
+                    definition,
+                } => exec_step::Model {
+                    id: new_id(),
+                    workflow_execution_id: id.clone(),
+                    workflow_step_id,
+                    step_order,
+                    status: StepStatus::Pending,
+                    agent_input: None,
+                    agent_output: None,
+                    user_input: None,
+                    started_at: None,
+                    completed_at: None,
+                    error_message: None,
+                    definition: Some(serde_json::to_value(definition).expect("definition serializes")),
+                    reused: false,
+                    created_at: at,
+                    updated_at: at,
+                },
+                Seed::Reused(r) => exec_step::Model {
+                    id: new_id(),
+                    workflow_execution_id: id.clone(),
+                    reused: true,
+                    created_at: at,
+                    updated_at: at,
+                    ..r
+                },
+            })
+            .collect();
         let exec = execution::Model {
-            id: new_id(),
-            workflow_template_id: template.id.clone(),
-            user_id: user_id.to_owned(),
-            drive_id: template.drive_id.clone(),
+            id,
+            workflow_template_id: launch.template_id,
+            user_id: launch.user_id,
+            drive_id: launch.drive_id,
             status: ExecutionStatus::Running,
-            current_step_order: Some(0),
-            initial_context: context.clone(),
+            current_step_order: records.iter().find(|r| !r.reused).map(|r| r.step_order),
+            initial_context: launch.context,
             accumulated_context: context,
             started_at: Some(at),
             paused_at: None,
@@ -400,28 +474,11 @@ impl Engine {
             sequence_reserved: 0,
             lease_owner: Some(self.instance.clone()),
             lease_expires_at: Some(self.lease_until()),
+            template_version: launch.version,
+            retry_of_execution_id: launch.retry_of,
             created_at: at,
             updated_at: at,
         };
-        let records: Vec<exec_step::Model> = steps
-            .iter()
-            .map(|s| exec_step::Model {
-                id: new_id(),
-                workflow_execution_id: exec.id.clone(),
-                workflow_step_id: Some(s.id.clone()),
-                step_order: s.step_order,
-                status: StepStatus::Pending,
-                agent_input: None,
-                agent_output: None,
-                user_input: None,
-                started_at: None,
-                completed_at: None,
-                error_message: None,
-                definition: Some(serde_json::to_value(StepDefinition::from(s)).expect("definition serializes")),
-                created_at: at,
-                updated_at: at,
-            })
-            .collect();
         let event = ExecutionEvent {
             kind: EventKind::ExecutionUpdated,
             sequence: 1,
@@ -1542,7 +1599,7 @@ fn step_finished(
     }
 }
 
-fn status_name(s: ExecutionStatus) -> &'static str {
+pub(crate) fn status_name(s: ExecutionStatus) -> &'static str {
     match s {
         ExecutionStatus::Running => "RUNNING",
         ExecutionStatus::Paused => "PAUSED",

@@ -161,12 +161,29 @@ impl RunState {
     }
 
     /// The rows as they were when the run was created (its first event),
-    /// from the rows as they are now: nothing a step did is left.
+    /// from the rows as they are now: nothing a step of this run did is left
+    /// (steps a retry reused were copied as they ended, and stay so).
     pub fn as_started(exec: &execution::Model, steps: &[exec_step::Model]) -> Self {
         let mut e = exec.clone();
         e.status = ExecutionStatus::Running;
-        e.current_step_order = steps.first().map(|s| s.step_order);
-        e.accumulated_context = e.initial_context.clone();
+        e.current_step_order = steps.iter().find(|s| !s.reused).map(|s| s.step_order);
+        // The starting context plus what the reused steps added; no step of
+        // this run has added anything yet.
+        let reused = |key: &str| {
+            steps.iter().any(|s| {
+                s.reused
+                    && (key == format!("step_{}_input", s.step_order) || key == format!("step_{}_output", s.step_order))
+            })
+        };
+        let mut context = e.initial_context.clone();
+        if let (Some(map), Some(now)) = (context.as_object_mut(), e.accumulated_context.as_object()) {
+            for (k, v) in now {
+                if reused(k) {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        e.accumulated_context = context;
         e.paused_at = None;
         e.completed_at = None;
         e.failed_at = None;
@@ -175,16 +192,18 @@ impl RunState {
         e.updated_at = e.created_at;
         let steps = steps
             .iter()
-            .map(|s| exec_step::Model {
-                status: StepStatus::Pending,
-                agent_input: None,
-                agent_output: None,
-                user_input: None,
-                started_at: None,
-                completed_at: None,
-                error_message: None,
-                updated_at: s.created_at,
-                ..s.clone()
+            .map(|s| {
+                s.reused.then(|| s.clone()).unwrap_or_else(|| exec_step::Model {
+                    status: StepStatus::Pending,
+                    agent_input: None,
+                    agent_output: None,
+                    user_input: None,
+                    started_at: None,
+                    completed_at: None,
+                    error_message: None,
+                    updated_at: s.created_at,
+                    ..s.clone()
+                })
             })
             .collect();
         Self::new(Arc::new(e), Arc::new(steps))

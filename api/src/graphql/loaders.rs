@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use entity::{
-    drive, drive_member, user, workflow_execution_step as exec_step, workflow_step as step,
-    workflow_template as template,
+    drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step,
+    workflow_step as step, workflow_template as template, workflow_template_version as version,
 };
 use sea_orm::{DatabaseConnection, DbErr};
 
@@ -38,6 +38,68 @@ by_id_loader!(UserLoader, user::Model, domain::users::find_many);
 by_id_loader!(DriveLoader, drive::Model, domain::drives::find_many);
 by_id_loader!(TemplateLoader, template::Model, domain::templates::find_many);
 by_id_loader!(StepLoader, step::Model, domain::steps::find_many);
+by_id_loader!(ExecutionLoader, execution::Model, domain::executions::find_many);
+
+/// The executions that retry each execution, oldest first.
+pub struct RetriesOf(pub DatabaseConnection);
+
+impl Loader<String> for RetriesOf {
+    type Value = Vec<execution::Model>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = domain::executions::retries_of(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for r in rows {
+            if let Some(of) = r.retry_of_execution_id.clone() {
+                map.entry(of).or_default().push(r);
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// One page of a template's versions: newest first, `first` of them (and
+/// one more, to tell whether there is a next page) below `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionPage {
+    pub template_id: String,
+    pub first: u64,
+    pub before: Option<i32>,
+}
+
+pub struct VersionsOfTemplate(pub DatabaseConnection);
+
+impl Loader<VersionPage> for VersionsOfTemplate {
+    type Value = Vec<version::Model>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[VersionPage]) -> Result<HashMap<VersionPage, Self::Value>, Self::Error> {
+        // One statement per page shape; a page of templates asks one shape.
+        let mut shapes: HashMap<(u64, Option<i32>), Vec<String>> = HashMap::new();
+        for k in keys {
+            shapes
+                .entry((k.first, k.before))
+                .or_default()
+                .push(k.template_id.clone());
+        }
+        let mut map: HashMap<VersionPage, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for ((first, before), ids) in shapes {
+            for row in domain::versions::pages(&self.0, &ids, first, before)
+                .await
+                .map_err(Arc::new)?
+            {
+                let key = VersionPage {
+                    template_id: row.template_id.clone(),
+                    first,
+                    before,
+                };
+                map.entry(key).or_default().push(row);
+            }
+        }
+        Ok(map)
+    }
+}
 
 /// A template's steps, in `stepOrder`.
 pub struct StepsOfTemplate(pub DatabaseConnection);
@@ -100,6 +162,9 @@ pub struct Loaders {
     pub steps_of_template: Cached<StepsOfTemplate>,
     pub steps_of_execution: Cached<StepsOfExecution>,
     pub members_of_drive: Cached<MembersOfDrive>,
+    pub executions: Cached<ExecutionLoader>,
+    pub retries_of: Cached<RetriesOf>,
+    pub versions_of_template: Cached<VersionsOfTemplate>,
 }
 
 fn loader<T: Loader<String>>(inner: T, cache: bool) -> Cached<T> {
@@ -120,6 +185,13 @@ impl Loaders {
             steps_of_template: loader(StepsOfTemplate(db.clone()), cache),
             steps_of_execution: loader(StepsOfExecution(db.clone()), cache),
             members_of_drive: loader(MembersOfDrive(db.clone()), cache),
+            executions: loader(ExecutionLoader(db.clone()), cache),
+            retries_of: loader(RetriesOf(db.clone()), cache),
+            versions_of_template: {
+                let l = DataLoader::with_cache(VersionsOfTemplate(db.clone()), tokio::spawn, HashMapCache::default());
+                l.enable_all_cache(cache);
+                l
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use super::{RequestCtx, SchemaData};
 use crate::domain::steps::check_references;
 use crate::domain::templates::{NewTemplate, TemplateChanges};
 use crate::domain::validation as v;
-use crate::domain::{drives, steps, templates, users};
+use crate::domain::{drives, executions, steps, templates, users, versions};
 use crate::error::{ApiError, ApiResult};
 
 pub struct Mutation;
@@ -163,6 +163,7 @@ impl Mutation {
                 tags,
                 is_public: input.is_public.unwrap_or(false),
                 steps: new_steps,
+                parent_template_id: None,
             },
         )
         .await
@@ -190,7 +191,7 @@ impl Mutation {
             tags: input.tags.map(|t| v::tags("input.tags", t)).transpose()?,
             is_public: input.is_public,
         };
-        let row = templates::update(&r.db, &current, changes)
+        let row = templates::update(&r.db, &current, changes, &r.viewer.id)
             .await
             .map_err(ApiError::from)?;
         Ok(WorkflowTemplate(row))
@@ -219,7 +220,15 @@ impl Mutation {
         let template = visible_template(r, &template_id).await?;
         r.access.check_change_template(&template)?;
         let new = input.validate("input", agents(ctx), limits(ctx))?;
-        let row = steps::add(&r.db, &template.id, new, step_order, limits(ctx).max_template_bytes).await?;
+        let row = steps::add(
+            &r.db,
+            &template.id,
+            new,
+            step_order,
+            limits(ctx).max_template_bytes,
+            &r.viewer.id,
+        )
+        .await?;
         Ok(WorkflowStep(Arc::new(row)))
     }
 
@@ -233,7 +242,7 @@ impl Mutation {
         let (step, template) = visible_step(r, &id).await?;
         r.access.check_change_template(&template)?;
         let changes = input.validate(agents(ctx), limits(ctx))?;
-        let row = steps::update(&r.db, &step, changes, limits(ctx).max_template_bytes).await?;
+        let row = steps::update(&r.db, &step, changes, limits(ctx).max_template_bytes, &r.viewer.id).await?;
         Ok(WorkflowStep(Arc::new(row)))
     }
 
@@ -242,7 +251,7 @@ impl Mutation {
         let r = rctx(ctx);
         let (step, template) = visible_step(r, &id).await?;
         r.access.check_change_template(&template)?;
-        steps::delete(&r.db, &step).await?;
+        steps::delete(&r.db, &step, &r.viewer.id).await?;
         Ok(id)
     }
 
@@ -257,7 +266,7 @@ impl Mutation {
         let template = visible_template(r, &template_id).await?;
         r.access.check_change_template(&template)?;
         let ids: Vec<String> = step_ids.into_iter().map(|i| i.0).collect();
-        steps::reorder(&r.db, &template.id, &ids).await?;
+        steps::reorder(&r.db, &template.id, &ids, &r.viewer.id).await?;
         let row = templates::find(&r.db, &template.id)
             .await
             .map_err(ApiError::from)?
@@ -265,18 +274,111 @@ impl Mutation {
         Ok(WorkflowTemplate(row))
     }
 
-    /// Starts a run of the template; it goes on in the background.
+    /// Makes a stored version's fields and steps current again, as a new version.
+    async fn restore_workflow_template_version(
+        &self,
+        ctx: &Context<'_>,
+        template_id: ID,
+        version: i32,
+    ) -> Result<WorkflowTemplate> {
+        let r = rctx(ctx);
+        let template = visible_template(r, &template_id).await?;
+        r.access.check_change_template(&template)?;
+        let stored = versions::find(&r.db, &template.id, version)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| {
+                ApiError::bad_input(format!(
+                    "version: template {} has no version {version} (its versions are 1 to {})",
+                    template.id, template.version
+                ))
+            })?;
+        let steps = versions::steps_of(&stored).map_err(ApiError::from)?;
+        known_agents(
+            agents(ctx),
+            steps.iter().map(|s| s.definition.agent_id.as_str()),
+            "version",
+        )?;
+        let row = versions::restore(&r.db, &template.id, &stored, &r.viewer.id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(WorkflowTemplate(row))
+    }
+
+    /// Copies a template the viewer can see into a drive where they are
+    /// MEMBER or higher (default: the same drive), as version 1.
+    async fn duplicate_workflow_template(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        drive_id: Option<ID>,
+        name: Option<String>,
+    ) -> Result<WorkflowTemplate> {
+        let r = rctx(ctx);
+        let source = visible_template(r, &id).await?;
+        let drive_id = drive_id.map_or_else(|| source.drive_id.clone(), |d| d.0);
+        r.access.check_create_template(&drive_id)?;
+        let name = match name {
+            Some(n) => v::template_name("name", &n)?,
+            None => source.name.clone(),
+        };
+        let source_steps = steps::of_templates(&r.db, &[source.id.clone()])
+            .await
+            .map_err(ApiError::from)?;
+        known_agents(agents(ctx), source_steps.iter().map(|s| s.agent_id.as_str()), "id")?;
+        let row = templates::create(
+            &r.db,
+            NewTemplate {
+                drive_id,
+                created_by: r.viewer.id.clone(),
+                name,
+                description: source.description.clone(),
+                category: source.category.clone(),
+                tags: source.tags.0.clone(),
+                is_public: source.is_public,
+                steps: source_steps.iter().map(steps::NewStep::from).collect(),
+                parent_template_id: Some(source.id.clone()),
+            },
+        )
+        .await
+        .map_err(ApiError::from)?;
+        Ok(WorkflowTemplate(row))
+    }
+
+    /// Starts a run of the template (of `version`, default the current one);
+    /// it goes on in the background.
     async fn start_workflow_execution(
         &self,
         ctx: &Context<'_>,
         template_id: ID,
         context: Option<async_graphql::Json<serde_json::Value>>,
+        version: Option<i32>,
     ) -> Result<WorkflowExecution> {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
         r.access.check_start_execution(&template)?;
         let context = context_object(context, limits(ctx))?;
-        let row = engine(ctx).start(&template, &r.viewer.id, context).await?;
+        let launch = executions::launch(&r.db, &template, &r.viewer.id, context, version).await?;
+        let row = engine(ctx).start(launch).await?;
+        Ok(WorkflowExecution::new(row))
+    }
+
+    /// Starts a new run of a FAILED or CANCELLED execution's template
+    /// version from `fromStepOrder` (default: the step where it stopped),
+    /// reusing the steps before it as they ended.
+    async fn retry_workflow_execution(
+        &self,
+        ctx: &Context<'_>,
+        execution_id: ID,
+        from_step_order: Option<i32>,
+    ) -> Result<WorkflowExecution> {
+        let r = rctx(ctx);
+        let original = visible_execution(r, &execution_id).await?;
+        let records = executions::steps_of(&r.db, &[original.id.clone()])
+            .await
+            .map_err(ApiError::from)?;
+        let launch = executions::retry(&original, &records, from_step_order, &r.viewer.id)?;
+        let row = engine(ctx).start(launch).await?;
         Ok(WorkflowExecution::new(row))
     }
 
@@ -310,6 +412,23 @@ async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workfl
         .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
     r.access.check_act_on_execution(&exec)?;
     Ok(exec)
+}
+
+/// Every agent a copied or restored template names must still be configured
+/// (the rule of saving a template).
+fn known_agents<'a>(
+    registry: &crate::engine::agents::AgentRegistry,
+    ids: impl Iterator<Item = &'a str>,
+    field: &str,
+) -> ApiResult<()> {
+    for (i, id) in ids.enumerate() {
+        if registry.get(id).is_none() {
+            return Err(ApiError::bad_input(format!(
+                "{field}: step {i} names agent '{id}', which is not configured on this server"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `None` leaves a text field alone; null or blank clears it.

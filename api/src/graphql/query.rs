@@ -180,7 +180,7 @@ impl Query {
 
 /// A page costs its fields once per row it may hold (`first`, default 20; a
 /// `first` over 100 is refused when the field runs, so it counts as 100).
-fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+pub(crate) fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     let rows = first.map_or(DEFAULT_PAGE, |n| n.clamp(1, MAX_PAGE as i32) as u64) as usize;
     rows.saturating_mul(child_complexity).saturating_add(1)
 }

@@ -4,7 +4,7 @@
 use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use entity::{drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step};
-use entity::{workflow_step as step, workflow_template as template};
+use entity::{workflow_step as step, workflow_template as template, workflow_template_version as version};
 use std::sync::Arc;
 
 use sea_orm::Condition;
@@ -238,6 +238,51 @@ impl WorkflowTemplate {
     async fn is_public(&self) -> bool {
         self.0.is_public
     }
+    /// Bumped by every change to the template or its steps (from 1).
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    /// The template this one was duplicated from.
+    async fn parent_template_id(&self) -> Option<ID> {
+        self.0.parent_template_id.clone().map(ID)
+    }
+    /// The template as each change left it, newest first.
+    #[graphql(complexity = "super::query::page_complexity(first, child_complexity)")]
+    async fn versions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WorkflowTemplateVersionConnection> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let first = crate::domain::pagination::page_size(first)?;
+        let before = after.as_deref().map(decode_version_cursor).transpose()?;
+        let key = super::loaders::VersionPage {
+            template_id: self.0.id.clone(),
+            first,
+            before,
+        };
+        let mut rows = r
+            .loaders
+            .versions_of_template
+            .load_one(key)
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        let has_next_page = rows.len() as u64 > first;
+        rows.truncate(first as usize);
+        Ok(WorkflowTemplateVersionConnection {
+            page_info: PageInfo {
+                has_next_page,
+                has_previous_page: before.is_some(),
+                start_cursor: rows.first().map(|v| version_cursor(v.version)),
+                end_cursor: rows.last().map(|v| version_cursor(v.version)),
+            },
+            nodes: rows.into_iter().map(|v| WorkflowTemplateVersion(Arc::new(v))).collect(),
+            // Versions are numbered 1, 2, 3 … and never deleted.
+            total_count: self.0.version as i64,
+        })
+    }
     /// Ordered by `stepOrder`.
     async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowStep>> {
         let r = ctx.data_unchecked::<RequestCtx>();
@@ -255,6 +300,92 @@ impl WorkflowTemplate {
     }
     async fn updated_at(&self) -> DateTime<Utc> {
         utc(self.0.updated_at)
+    }
+}
+
+fn version_cursor(version: i32) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("version:{version}"))
+}
+
+fn decode_version_cursor(s: &str) -> Result<i32, ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_input("after: not a cursor returned by this API");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    raw.strip_prefix("version:")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)
+}
+
+/// A template as one version left it.
+#[derive(Clone)]
+pub struct WorkflowTemplateVersion(pub Arc<version::Model>);
+
+#[Object]
+impl WorkflowTemplateVersion {
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn category(&self) -> Option<&str> {
+        self.0.category.as_deref()
+    }
+    async fn tags(&self) -> &[String] {
+        &self.0.tags.0
+    }
+    /// The steps in `stepOrder`: `{ id, stepOrder, agentId, promptTemplate,
+    /// requiresUserInput, inputSchema, metadata, condition }` each.
+    async fn steps(&self) -> StoredJson<'_> {
+        StoredJson(&self.0.steps)
+    }
+    /// Who made this version.
+    async fn creator(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.created_by).await
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct WorkflowTemplateVersionEdge {
+    pub cursor: String,
+    pub node: WorkflowTemplateVersion,
+}
+
+pub struct WorkflowTemplateVersionConnection {
+    nodes: Vec<WorkflowTemplateVersion>,
+    page_info: PageInfo,
+    total_count: i64,
+}
+
+#[Object]
+impl WorkflowTemplateVersionConnection {
+    async fn edges(&self) -> Vec<WorkflowTemplateVersionEdge> {
+        self.nodes
+            .iter()
+            .map(|n| WorkflowTemplateVersionEdge {
+                cursor: version_cursor(n.0.version),
+                node: n.clone(),
+            })
+            .collect()
+    }
+    async fn nodes(&self) -> Vec<WorkflowTemplateVersion> {
+        self.nodes.clone()
+    }
+    async fn page_info(&self) -> &PageInfo {
+        &self.page_info
+    }
+    async fn total_count(&self) -> i64 {
+        self.total_count
     }
 }
 
@@ -352,6 +483,41 @@ impl WorkflowExecution {
     async fn accumulated_context(&self) -> StoredJson<'_> {
         StoredJson(&self.0.accumulated_context)
     }
+    /// The context the run started with.
+    async fn initial_context(&self) -> StoredJson<'_> {
+        StoredJson(&self.0.initial_context)
+    }
+    /// The template version the run executes.
+    async fn template_version(&self) -> i32 {
+        self.0.template_version
+    }
+    /// The run this one re-runs from a step (null when the viewer may not see it).
+    async fn retry_of(&self, ctx: &Context<'_>) -> Result<Option<WorkflowExecution>> {
+        let Some(id) = &self.0.retry_of_execution_id else {
+            return Ok(None);
+        };
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let row = r.loaders.executions.load_one(id.clone()).await.map_err(load_err)?;
+        Ok(row
+            .filter(|e| r.access.can_see_execution(e))
+            .map(WorkflowExecution::new))
+    }
+    /// The runs that re-run this one, oldest first (those the viewer may see).
+    async fn retries(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowExecution>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let rows = r
+            .loaders
+            .retries_of
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .filter(|e| r.access.can_see_execution(e))
+            .map(WorkflowExecution::new)
+            .collect())
+    }
     async fn started_at(&self) -> Option<DateTime<Utc>> {
         self.0.started_at.map(utc)
     }
@@ -445,6 +611,10 @@ impl WorkflowExecutionStep {
     }
     async fn error_message(&self) -> Option<&str> {
         self.0.error_message.as_deref()
+    }
+    /// Copied, as it ended, from the run this one retries; it did not run again.
+    async fn reused(&self) -> bool {
+        self.0.reused
     }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)

@@ -16,6 +16,7 @@ mod schema_file;
 mod statements;
 mod subscriptions;
 mod templates;
+mod versions;
 mod ws_guard;
 
 use serde_json::{Value, json};

@@ -61,11 +61,45 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
     ),
 ];
 
-const WORKFLOW_TABLES: [&str; 4] = [
+/// The foreign keys the roadmap's features add (API.md "Beyond the design's
+/// first version"), each with its rule and its index.
+const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 4] = [
+    (
+        "workflow_templates",
+        "parentTemplateId",
+        "workflow_templates",
+        "SET NULL",
+        "workflow_templates_parent_template_id_idx",
+    ),
+    (
+        "workflow_template_versions",
+        "templateId",
+        "workflow_templates",
+        "CASCADE",
+        "workflow_template_versions_template_id_version_key",
+    ),
+    (
+        "workflow_template_versions",
+        "createdBy",
+        "users",
+        "CASCADE",
+        "workflow_template_versions_created_by_idx",
+    ),
+    (
+        "workflow_executions",
+        "retryOfExecutionId",
+        "workflow_executions",
+        "SET NULL",
+        "workflow_executions_retry_of_execution_id_idx",
+    ),
+];
+
+const WORKFLOW_TABLES: [&str; 5] = [
     "workflow_templates",
     "workflow_steps",
     "workflow_executions",
     "workflow_execution_steps",
+    "workflow_template_versions",
 ];
 
 /// index name -> (table, columns)
@@ -149,11 +183,13 @@ async fn foreign_keys_have_the_designed_delete_rules() {
         .collect();
     let expected: BTreeSet<(String, String, String, String)> = FOREIGN_KEYS
         .iter()
+        .copied()
+        .chain(ROADMAP_FOREIGN_KEYS.iter().map(|(t, c, r, d, _)| (*t, *c, *r, *d)))
         .map(|(t, c, r, d)| (t.to_string(), c.to_string(), r.to_string(), d.to_string()))
         .collect();
     assert_eq!(
         on_workflow_tables, expected,
-        "the eight foreign keys of the workflow tables"
+        "the eight foreign keys of the design and those of the roadmap"
     );
     // And the tables the foreign keys need exist with their own keys.
     for (t, c, r) in [
@@ -194,6 +230,16 @@ async fn the_sixteen_design_indexes_exist() {
         .map(|r| (s(r, "name"), (s(r, "tbl"), s(r, "cols"))))
         .collect();
     let mut missing = Vec::new();
+    // Each roadmap foreign key is the first column of an index.
+    for (table, col, _, _, name) in ROADMAP_FOREIGN_KEYS {
+        match found.get(name) {
+            Some((t, c)) => assert!(
+                t == table && c.split(',').next() == Some(col),
+                "index {name} does not lead with {table}.{col}: {t} {c}"
+            ),
+            None => missing.push(name),
+        }
+    }
     for (name, table, cols) in INDEXES {
         match found.get(name) {
             Some((t, c)) => assert_eq!(

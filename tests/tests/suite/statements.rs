@@ -153,3 +153,107 @@ async fn execution_detail_uses_a_constant_number_of_statements() {
         "{best} statements for one execution detail (at most 3 expected)"
     );
 }
+
+/// The fewest statements of three tries of one request.
+async fn fewest(app: &TestApp, token: &str, query: &str, vars: serde_json::Value) -> (u64, serde_json::Value) {
+    let mut best = u64::MAX;
+    let mut data = serde_json::Value::Null;
+    for _ in 0..3 {
+        let before = app.statements();
+        data = app.ok(token, query, vars.clone()).await;
+        best = best.min(app.statements() - before);
+    }
+    (best, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_retry_links_use_a_constant_number_of_statements() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "History").await;
+    for i in 0..20 {
+        let t = create_template(
+            &app,
+            &owner,
+            &drive,
+            json!({ "name": format!("T{i}"), "steps": [echo("one")] }),
+        )
+        .await;
+        for n in 0..2 {
+            app.ok(
+                &owner,
+                "mutation($id: ID!, $n: String!) { updateWorkflowTemplate(id: $id, input: { name: $n }) { version } }",
+                json!({ "id": t["id"], "n": format!("T{i} v{}", n + 2) }),
+            )
+            .await;
+        }
+    }
+    let page = "query($d: ID!, $first: Int) { workflowTemplates(driveId: $d, first: $first) {
+      nodes { id version versions(first: 2) { totalCount pageInfo { hasNextPage } nodes { version name creator { id } } } } } }";
+    let (three, d3) = fewest(&app, &owner, page, json!({ "d": drive, "first": 3 })).await;
+    let (twenty, d20) = fewest(&app, &owner, page, json!({ "d": drive, "first": 20 })).await;
+    for data in [&d3, &d20] {
+        for t in data["workflowTemplates"]["nodes"].as_array().unwrap() {
+            assert_eq!(t["version"], 3, "{t}");
+            let v = &t["versions"];
+            assert_eq!(
+                (v["totalCount"].as_i64(), v["pageInfo"]["hasNextPage"].as_bool()),
+                (Some(3), Some(true))
+            );
+            let numbers: Vec<i64> = v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["version"].as_i64().unwrap())
+                .collect();
+            assert_eq!(numbers, [3, 2]);
+        }
+    }
+    println!("statements: versions page 3 -> {three}, 20 -> {twenty}");
+    assert_eq!(three, twenty, "versions: 3 -> {three}, 20 -> {twenty}");
+    assert!(twenty <= 5, "{twenty} statements for templates with their versions");
+
+    // Runs that failed, each retried once: the links cost one statement each way.
+    let failing = create_template(
+        &app,
+        &owner,
+        &drive,
+        json!({ "name": "Fails", "steps": [echo("ok"), { "agentId": "fail", "promptTemplate": "no" }] }),
+    )
+    .await;
+    for _ in 0..6 {
+        let id = start(&app, &owner, failing["id"].as_str().unwrap(), json!({})).await;
+        wait_for(&app, &owner, &id, "FAILED").await;
+        let r = app
+            .ok(
+                &owner,
+                "mutation($e: ID!) { retryWorkflowExecution(executionId: $e) { id } }",
+                json!({ "e": id }),
+            )
+            .await;
+        wait_for(
+            &app,
+            &owner,
+            r["retryWorkflowExecution"]["id"].as_str().unwrap(),
+            "FAILED",
+        )
+        .await;
+    }
+    let runs = "query($first: Int) { workflowExecutions(first: $first) {
+      nodes { id retryOf { id status } retries { id status } } } }";
+    let (small, _) = fewest(&app, &owner, runs, json!({ "first": 3 })).await;
+    let (large, data) = fewest(&app, &owner, runs, json!({ "first": 12 })).await;
+    let nodes = data["workflowExecutions"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 12);
+    assert_eq!(nodes.iter().filter(|n| !n["retryOf"].is_null()).count(), 6);
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n["retries"].as_array().unwrap().len() == 1)
+            .count(),
+        6
+    );
+    println!("statements: retry links 3 -> {small}, 12 -> {large}");
+    assert_eq!(small, large, "retry links: 3 -> {small}, 12 -> {large}");
+    assert!(large <= 5, "{large} statements for executions with their retry links");
+}
