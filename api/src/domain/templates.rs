@@ -1,7 +1,8 @@
 //! Workflow templates: create (with steps, in one transaction), update,
 //! delete, and the filtered, paginated list.
 
-use entity::{Tags, workflow_template as template};
+use entity::Tags;
+use entity::workflow_template::{self as template, search_text};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
@@ -50,6 +51,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
     let at = now();
+    let search_name = search_text(&new.name);
+    let search_description = search_text(new.description.as_deref().unwrap_or_default());
     let row = template::Model {
         id: new_id(),
         name: new.name,
@@ -61,6 +64,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
         is_public: new.is_public,
         created_at: at,
         updated_at: at,
+        search_name,
+        search_description,
     };
     let insert = Query::insert()
         .into_table(template::Entity)
@@ -75,6 +80,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             template::Column::IsPublic,
             template::Column::CreatedAt,
             template::Column::UpdatedAt,
+            template::Column::SearchName,
+            template::Column::SearchDescription,
         ])
         .values_panic([
             row.id.clone().into(),
@@ -87,6 +94,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             row.is_public.into(),
             at.into(),
             at.into(),
+            row.search_name.clone().into(),
+            row.search_description.clone().into(),
         ])
         .to_owned();
     txn.execute(&insert).await?;
@@ -105,12 +114,17 @@ pub async fn update(
     let mut stmt = Query::update();
     stmt.table(template::Entity)
         .and_where(template::Column::Id.eq(current.id.clone()));
+    // The search columns change in the same statement as what they fold.
     if let Some(name) = changes.name {
+        next.search_name = search_text(&name);
         stmt.value(template::Column::Name, name.clone());
+        stmt.value(template::Column::SearchName, next.search_name.clone());
         next.name = name;
     }
     if let Some(d) = changes.description {
+        next.search_description = search_text(d.as_deref().unwrap_or_default());
         stmt.value(template::Column::Description, d.clone());
+        stmt.value(template::Column::SearchDescription, next.search_description.clone());
         next.description = d;
     }
     if let Some(c) = changes.category {
