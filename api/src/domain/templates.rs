@@ -4,7 +4,7 @@
 use entity::Tags;
 use entity::workflow_template::{self as template, search_text};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
     QueryFilter, TransactionTrait,
@@ -199,25 +199,26 @@ pub fn list_condition(
         cond = cond.add(template::Column::CreatedBy.eq(u.clone()));
     }
     if let Some(s) = filter.search.as_deref().filter(|s| !s.is_empty()) {
-        // Case-insensitive substring; LIKE wildcards in the search are literal.
-        let pattern = format!(
-            "%{}%",
-            s.to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        let like = |e: Expr| e.like(LikeExpr::new(pattern.clone()).escape('\\'));
+        // Case-insensitive substring: the search, folded like the stored
+        // columns, is found in one of them. A plain substring search, so `%`,
+        // `_` and `\` are literal and no LIKE pattern limit applies.
+        let needle = search_text(s);
+        let position = match backend {
+            DbBackend::Postgres => "strpos",
+            _ => "instr",
+        };
+        let found = |col: template::Column| {
+            Expr::expr(
+                Func::cust(position)
+                    .arg(Expr::col((template::Entity, col)))
+                    .arg(needle.clone()),
+            )
+            .gt(0)
+        };
         cond = cond.add(
             Condition::any()
-                .add(like(Func::lower(Expr::col(template::Column::Name)).into()))
-                .add(like(
-                    Func::lower(Func::coalesce([
-                        Expr::col(template::Column::Description),
-                        Expr::val(""),
-                    ]))
-                    .into(),
-                )),
+                .add(found(template::Column::SearchName))
+                .add(found(template::Column::SearchDescription)),
         );
     }
     if !filter.tags.is_empty() {
