@@ -27,6 +27,27 @@ pub struct Model {
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]
     pub updated_at: DateTime,
+    /// `search_text(name)`, written with every write of `name`.
+    #[sea_orm(column_name = "searchName")]
+    pub search_name: String,
+    /// `search_text(description)` (empty without one), written with every
+    /// write of `description`.
+    #[sea_orm(column_name = "searchDescription")]
+    pub search_description: String,
+}
+
+/// The form of a text kept in the search columns and of a search matched
+/// against them: lower case, one character at a time, with the final sigma
+/// `ς` written as `σ`. The same on both databases, unlike SQL `lower()`
+/// (ASCII-only on SQLite, locale-dependent on PostgreSQL). Folding each
+/// character on its own (not `str::to_lowercase`, which picks `ς` or `σ` from
+/// the neighbours) keeps substrings substrings: if a search occurs in a name,
+/// its folded form occurs in the folded name.
+pub fn search_text(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ς' { 'σ' } else { c })
+        .collect()
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

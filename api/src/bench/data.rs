@@ -5,9 +5,10 @@
 //! reads peerbench compares; ids are derived from a key, so every load is the same.
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
+use entity::workflow_step as step;
+use entity::workflow_template::{self as template, search_text};
 use entity::{DriveRole, ExecutionStatus, StepStatus, Tags};
 use entity::{drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step};
-use entity::{workflow_step as step, workflow_template as template};
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, TransactionTrait,
@@ -240,6 +241,8 @@ pub async fn load(db: &DatabaseConnection, size: DataSize) -> Result<(), DbErr> 
             template::Column::IsPublic,
             template::Column::CreatedAt,
             template::Column::UpdatedAt,
+            template::Column::SearchName,
+            template::Column::SearchDescription,
         ]);
         for &(i, created) in chunk {
             let c = ((i - 1) % 6) as usize;
@@ -249,15 +252,16 @@ pub async fn load(db: &DatabaseConnection, size: DataSize) -> Result<(), DbErr> 
             } else {
                 vec![tag(i), tag(i + 3)]
             };
+            let name = format!("{} workflow #{i}", TITLES[c]);
+            let description = format!(
+                "Runs a five-step agent pipeline for {} work: gathers context, drafts, reviews, asks the owner \
+                 to confirm, then publishes. Variant {i}.",
+                CATEGORIES[c]
+            );
             insert.values_panic([
                 id("template", &i.to_string()).into(),
-                format!("{} workflow #{i}", TITLES[c]).into(),
-                format!(
-                    "Runs a five-step agent pipeline for {} work: gathers context, drafts, reviews, asks the \
-                     owner to confirm, then publishes. Variant {i}.",
-                    CATEGORIES[c]
-                )
-                .into(),
+                name.clone().into(),
+                description.clone().into(),
                 drive_id((i - 1) % DRIVES + 1).into(),
                 user_id((i * 7) % 10 + 1).into(),
                 CATEGORIES[c].into(),
@@ -265,6 +269,8 @@ pub async fn load(db: &DatabaseConnection, size: DataSize) -> Result<(), DbErr> 
                 (i % 3 != 0).into(),
                 created.into(),
                 (created + Duration::days(i64::from(i % 7))).into(),
+                search_text(&name).into(),
+                search_text(&description).into(),
             ]);
         }
         txn.execute(&insert).await?;

@@ -1,9 +1,10 @@
 //! Workflow templates: create (with steps, in one transaction), update,
 //! delete, and the filtered, paginated list.
 
-use entity::{Tags, workflow_template as template};
+use entity::Tags;
+use entity::workflow_template::{self as template, search_text};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
     QueryFilter, TransactionTrait,
@@ -52,6 +53,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
     let at = now();
+    let search_name = search_text(&new.name);
+    let search_description = search_text(new.description.as_deref().unwrap_or_default());
     let row = template::Model {
         id: new_id(),
         name: new.name,
@@ -65,6 +68,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
         parent_template_id: new.parent_template_id,
         created_at: at,
         updated_at: at,
+        search_name,
+        search_description,
     };
     let insert = Query::insert()
         .into_table(template::Entity)
@@ -81,6 +86,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             template::Column::ParentTemplateId,
             template::Column::CreatedAt,
             template::Column::UpdatedAt,
+            template::Column::SearchName,
+            template::Column::SearchDescription,
         ])
         .values_panic([
             row.id.clone().into(),
@@ -95,6 +102,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTemplate) -> Result<templat
             row.parent_template_id.clone().into(),
             at.into(),
             at.into(),
+            row.search_name.clone().into(),
+            row.search_description.clone().into(),
         ])
         .to_owned();
     txn.execute(&insert).await?;
@@ -117,10 +126,16 @@ pub async fn update(
     stmt.table(template::Entity)
         .and_where(template::Column::Id.eq(current.id.clone()))
         .value(template::Column::Version, Expr::col(template::Column::Version).add(1));
+    // The search columns change in the same statement as what they fold.
     if let Some(name) = changes.name {
+        stmt.value(template::Column::SearchName, search_text(&name));
         stmt.value(template::Column::Name, name);
     }
     if let Some(d) = changes.description {
+        stmt.value(
+            template::Column::SearchDescription,
+            search_text(d.as_deref().unwrap_or_default()),
+        );
         stmt.value(template::Column::Description, d);
     }
     if let Some(c) = changes.category {
@@ -192,25 +207,26 @@ pub fn list_condition(
         cond = cond.add(template::Column::CreatedBy.eq(u.clone()));
     }
     if let Some(s) = filter.search.as_deref().filter(|s| !s.is_empty()) {
-        // Case-insensitive substring; LIKE wildcards in the search are literal.
-        let pattern = format!(
-            "%{}%",
-            s.to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        let like = |e: Expr| e.like(LikeExpr::new(pattern.clone()).escape('\\'));
+        // Case-insensitive substring: the search, folded like the stored
+        // columns, is found in one of them. A plain substring search, so `%`,
+        // `_` and `\` are literal and no LIKE pattern limit applies.
+        let needle = search_text(s);
+        let position = match backend {
+            DbBackend::Postgres => "strpos",
+            _ => "instr",
+        };
+        let found = |col: template::Column| {
+            Expr::expr(
+                Func::cust(position)
+                    .arg(Expr::col((template::Entity, col)))
+                    .arg(needle.clone()),
+            )
+            .gt(0)
+        };
         cond = cond.add(
             Condition::any()
-                .add(like(Func::lower(Expr::col(template::Column::Name)).into()))
-                .add(like(
-                    Func::lower(Func::coalesce([
-                        Expr::col(template::Column::Description),
-                        Expr::val(""),
-                    ]))
-                    .into(),
-                )),
+                .add(found(template::Column::SearchName))
+                .add(found(template::Column::SearchDescription)),
         );
     }
     if !filter.tags.is_empty() {

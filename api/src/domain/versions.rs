@@ -189,7 +189,12 @@ pub async fn restore(
     let fields = Query::update()
         .table(template::Entity)
         .value(template::Column::Name, v.name.clone())
+        .value(template::Column::SearchName, template::search_text(&v.name))
         .value(template::Column::Description, v.description.clone())
+        .value(
+            template::Column::SearchDescription,
+            template::search_text(v.description.as_deref().unwrap_or_default()),
+        )
         .value(template::Column::Category, v.category.clone())
         .value(template::Column::Tags, v.tags.to_value(backend))
         .and_where(template::Column::Id.eq(template_id))

@@ -930,6 +930,235 @@ async fn templates_are_filtered() {
     );
 }
 
+/// Tries every `(search, expected names)` case and reports the failures
+/// together.
+async fn check_searches(app: &TestApp, token: &str, drive: &str, cases: &[(&str, &[&str])]) {
+    let mut failures = Vec::new();
+    for &(search, expected) in cases {
+        let shown: String = search.chars().take(40).collect();
+        let shown = format!("search {shown:?} ({} characters)", search.chars().count());
+        match try_names(app, token, drive, json!({ "search": search })).await {
+            Ok(got) if got == expected => {}
+            Ok(got) => failures.push(format!("{shown}: expected {expected:?}, got {got:?}")),
+            Err(e) => {
+                // The error repeats the search; its end is the response body.
+                let body: String = e.chars().skip(e.chars().count().saturating_sub(300)).collect();
+                failures.push(format!("{shown}: …{body}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} search case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_ignores_case_in_any_script_and_keeps_wildcards_literal() {
+    let (app, owner, drive) = setup().await;
+    for (name, description) in [
+        ("Ünïcødé ñ 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 é", None),
+        ("ÀÉÎÕÜ", None),
+        ("ΣΊΣΥΦΟΣ", None),
+        ("Greeting", Some("ПРИВЕТ, МИР")),
+        ("100%_done", None),
+        ("100 percent done", None),
+        ("back\\slash", None),
+        ("backslash", None),
+    ] {
+        create_template(
+            &app,
+            &owner,
+            &drive,
+            json!({ "name": name, "description": description }),
+        )
+        .await;
+    }
+    const UNICODE: &str = "Ünïcødé ñ 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 é";
+    let long = "%".repeat(30_000);
+    check_searches(
+        &app,
+        &owner,
+        &drive,
+        &[
+            ("ünïcødé ñ 日本語", &[UNICODE]),
+            ("ÜNÏCØDÉ Ñ 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 É", &[UNICODE]),
+            ("日本語", &[UNICODE]),
+            ("àéîõü", &["ÀÉÎÕÜ"]),
+            ("ÀéÎõÜ", &["ÀÉÎÕÜ"]),
+            ("ü", &["ÀÉÎÕÜ", UNICODE]),
+            ("É", &["ÀÉÎÕÜ", UNICODE]),
+            // Greek: lower case, with the final sigma as people type it, and
+            // a piece from the middle of the word.
+            ("σίσυφος", &["ΣΊΣΥΦΟΣ"]),
+            ("ΣΊΣΥΦΟΣ", &["ΣΊΣΥΦΟΣ"]),
+            ("ΊΣ", &["ΣΊΣΥΦΟΣ"]),
+            ("ς", &["ΣΊΣΥΦΟΣ"]),
+            // Cyrillic, in the description.
+            ("привет, мир", &["Greeting"]),
+            ("Привет", &["Greeting"]),
+            // `%`, `_` and `\` are characters, not wildcards or escapes.
+            ("%", &["100%_done"]),
+            ("100%", &["100%_done"]),
+            ("_", &["100%_done"]),
+            ("100_", &[]),
+            ("%_d", &["100%_done"]),
+            ("%_", &["100%_done"]),
+            ("0%_D", &["100%_done"]),
+            ("\\", &["back\\slash"]),
+            ("k\\s", &["back\\slash"]),
+            ("K\\S", &["back\\slash"]),
+            ("backslash", &["backslash"]),
+            ("σ%", &[]),
+            ("nothing", &[]),
+            // Longer than SQLite's LIKE patterns may be: no match, no error.
+            (&long, &[]),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_follows_renames_and_new_descriptions() {
+    let (app, owner, drive) = setup().await;
+    let t = create_template(
+        &app,
+        &owner,
+        &drive,
+        json!({ "name": "Ålpha Øld", "description": "Ðescription ΠΑΛΙΆ" }),
+    )
+    .await;
+    let id = t["id"].as_str().unwrap();
+    app.ok(
+        &owner,
+        UPDATE_TEMPLATE,
+        json!({ "id": id, "input": { "name": "Ωmega Nëw" } }),
+    )
+    .await;
+    check_searches(
+        &app,
+        &owner,
+        &drive,
+        &[
+            ("ålpha", &[]),
+            ("ØLD", &[]),
+            ("ωMEGA", &["Ωmega Nëw"]),
+            ("NËW", &["Ωmega Nëw"]),
+            // The description was not changed and is still found.
+            ("παλιά", &["Ωmega Nëw"]),
+        ],
+    )
+    .await;
+
+    app.ok(
+        &owner,
+        UPDATE_TEMPLATE,
+        json!({ "id": id, "input": { "description": "НОВОЕ" } }),
+    )
+    .await;
+    check_searches(
+        &app,
+        &owner,
+        &drive,
+        &[("новое", &["Ωmega Nëw"]), ("παλιά", &[]), ("ωmega", &["Ωmega Nëw"])],
+    )
+    .await;
+
+    // A refused update changes neither the texts nor what finds them.
+    let body = app
+        .gql(
+            &owner,
+            UPDATE_TEMPLATE,
+            json!({ "id": id, "input": { "name": "Ж".repeat(201), "description": "ЖЖЖ" } }),
+        )
+        .await;
+    expect_bad_input(&body, "name");
+    check_searches(
+        &app,
+        &owner,
+        &drive,
+        &[("ж", &[]), ("новое", &["Ωmega Nëw"]), ("ωmega", &["Ωmega Nëw"])],
+    )
+    .await;
+
+    // Clearing the description stops it matching; other changes keep the name.
+    app.ok(
+        &owner,
+        UPDATE_TEMPLATE,
+        json!({ "id": id, "input": { "description": null, "category": "c", "tags": ["t"] } }),
+    )
+    .await;
+    check_searches(&app, &owner, &drive, &[("новое", &[]), ("ΩMEGA NËW", &["Ωmega Nëw"])]).await;
+}
+
+/// Templates written before the search columns existed are found once the
+/// migration has folded them (more rows than one backfill batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_templates_stored_before_the_search_columns() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let (app, owner, drive) = setup().await;
+    let db = app.db();
+    // Back to before the search columns (and whatever came after them).
+    let names: Vec<String> = Migrator::migrations().iter().map(|m| m.name().to_owned()).collect();
+    let from = names
+        .iter()
+        .position(|n| n == "m20261202_000007_template_search")
+        .unwrap();
+    Migrator::down(db, Some((names.len() - from) as u32)).await.unwrap();
+    let pending: Vec<String> = Migrator::get_pending_migrations(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    assert_eq!(pending, names[from..], "rolled back the search columns");
+
+    let rows: Vec<String> = (0..1100)
+        .map(|i| {
+            let (name, description) = match i {
+                0 => ("ΣΊΣΥΦΟΣ Ünïcødé".to_owned(), "'ПРИВЕТ 100%_\\'".to_owned()),
+                _ => (format!("Old ÀÉÎ {i:04}"), "NULL".to_owned()),
+            };
+            format!(
+                "('old-{i:04}', '{name}', {description}, '{drive}', 'owner', false, '2025-01-01 12:00:00', '2025-01-01 12:00:00')"
+            )
+        })
+        .collect();
+    let insert = format!(
+        r#"INSERT INTO workflow_templates ("id", "name", "description", "driveId", "createdBy", "isPublic", "createdAt", "updatedAt") VALUES {}"#,
+        rows.join(", ")
+    );
+    db.execute_raw(Statement::from_string(db.get_database_backend(), insert))
+        .await
+        .unwrap();
+    Migrator::up(db, None).await.unwrap();
+
+    check_searches(
+        &app,
+        &owner,
+        &drive,
+        &[
+            ("σίσυφος ünï", &["ΣΊΣΥΦΟΣ Ünïcødé"]),
+            ("привет 100%_\\", &["ΣΊΣΥΦΟΣ Ünïcødé"]),
+            ("old àéî 0001", &["Old ÀÉÎ 0001"]),
+            ("old àéî 1099", &["Old ÀÉÎ 1099"]),
+        ],
+    )
+    .await;
+    let data = app
+        .ok(
+            &owner,
+            "query($d: ID!) { workflowTemplates(driveId: $d, filter: { search: \"OLD àéî\" }) { totalCount } }",
+            json!({ "d": drive }),
+        )
+        .await;
+    assert_eq!(data["workflowTemplates"]["totalCount"], 1099, "{data}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_are_paginated_newest_first() {
     let (app, owner, drive) = setup().await;

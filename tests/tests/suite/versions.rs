@@ -180,6 +180,29 @@ async fn an_old_version_runs_as_it_was_and_can_be_restored() {
     )
     .await;
 
+    app.ok(
+        &owner,
+        "mutation($id: ID!) { updateWorkflowTemplate(id: $id, input: { name: \"Renamed\" }) { version } }",
+        json!({"id": id}),
+    )
+    .await;
+    let found = |search: &'static str| {
+        let app = &app;
+        let owner = &owner;
+        let drive = &drive;
+        async move {
+            app.ok(
+                owner,
+                "query($d: ID!, $s: String) { workflowTemplates(driveId: $d, filter: { search: $s }) { totalCount } }",
+                json!({"d": drive, "s": search}),
+            )
+            .await["workflowTemplates"]["totalCount"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!((found("GREETER").await, found("renamed").await), (0, 1));
+
     let run = |version: Option<i64>| {
         let app = &app;
         let owner = &owner;
@@ -212,7 +235,7 @@ async fn an_old_version_runs_as_it_was_and_can_be_restored() {
     assert_eq!(
         (v, p),
         (
-            3,
+            4,
             vec!["v2 hi ann".to_owned(), "v1 bye".to_owned(), "v3 extra".to_owned()]
         )
     );
@@ -225,17 +248,25 @@ async fn an_old_version_runs_as_it_was_and_can_be_restored() {
         .await;
     expect_bad_input(&bad, "version");
 
-    // Restoring version 1 makes it current again, as version 4.
+    // Restoring version 1 makes it current again, as version 5, name and all.
     let restored = app
         .ok(
             &owner,
             "mutation($t: ID!) { restoreWorkflowTemplateVersion(templateId: $t, version: 1) {
-               version description steps { id stepOrder promptTemplate } } }",
+               version name description steps { id stepOrder promptTemplate } } }",
             json!({"t": id}),
         )
         .await["restoreWorkflowTemplateVersion"]
         .clone();
-    assert_eq!(restored["version"], 4);
+    assert_eq!(
+        (
+            restored["version"].as_i64(),
+            restored["name"].as_str(),
+            restored["description"].as_str()
+        ),
+        (Some(5), Some("Greeter"), Some("first"))
+    );
+    assert_eq!((found("GREETER").await, found("renamed").await), (1, 0));
     let prompts: Vec<&str> = restored["steps"]
         .as_array()
         .unwrap()
@@ -248,10 +279,10 @@ async fn an_old_version_runs_as_it_was_and_can_be_restored() {
         first_step.as_str(),
         "a step that still exists keeps its id"
     );
-    let v4 = versions(&app, &owner, &id, 1, None).await;
-    assert_eq!(prompts_of_version(&v4), ["v1 hello {{who}}", "v1 bye"]);
+    let latest = versions(&app, &owner, &id, 1, None).await;
+    assert_eq!(prompts_of_version(&latest), ["v1 hello {{who}}", "v1 bye"]);
     let (v, p, _) = run(None).await;
-    assert_eq!((v, p), (4, vec!["v1 hello ann".to_owned(), "v1 bye".to_owned()]));
+    assert_eq!((v, p), (5, vec!["v1 hello ann".to_owned(), "v1 bye".to_owned()]));
     let bad = app
         .gql(
             &owner,
@@ -262,7 +293,7 @@ async fn an_old_version_runs_as_it_was_and_can_be_restored() {
     expect_bad_input(&bad, "version");
     assert_eq!(
         versions(&app, &owner, &id, 1, None).await["version"],
-        4,
+        5,
         "a refused restore stores nothing"
     );
 }
