@@ -1,9 +1,13 @@
 //! Issue 16: GraphiQL works offline. The page and everything it loads come
 //! from this server, under a Content-Security-Policy that names no other
-//! host.
+//! host; in Chromium (when installed) it renders, runs a query with the demo
+//! token and streams a subscription over `/graphql/ws`.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use workflows_tests::TestApp;
+use workflows_tests::browser::Browser;
 
 /// The values of every `name="…"` attribute in `html`.
 fn attributes(html: &str, name: &str) -> Vec<String> {
@@ -207,4 +211,153 @@ async fn without_the_demo_token_the_page_sends_no_authorization() {
     let config: Value = serde_json::from_str(&unescape(&attributes(&page, "data-config")[0])).unwrap();
     assert_eq!(config["headers"], json!({}));
     assert_eq!(config["wsConnectionParams"], json!({}));
+}
+
+/// Installed in the page before its own scripts: what CSP blocked and which
+/// errors were thrown (but Chrome's benign "ResizeObserver loop" notice,
+/// which resizing panes may raise at any time).
+const RECORDER: &str = r#"
+window.__blocked = [];
+window.__errors = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__blocked.push(e.effectiveDirective + " " + e.blockedURI);
+});
+window.addEventListener("error", (e) => {
+  if (!String(e.message).includes("ResizeObserver loop")) window.__errors.push(String(e.message));
+});
+window.addEventListener("unhandledrejection", (e) => window.__errors.push(String(e.reason)));
+"#;
+
+/// The text of GraphiQL's response pane.
+const RESPONSE: &str = "document.querySelector('.graphiql-response .CodeMirror')?.CodeMirror.getValue() ?? ''";
+
+/// Types `query` into the query editor and presses the run button once
+/// GraphiQL has parsed it (it does so a moment after each change, and picks
+/// HTTP or the WebSocket by the parsed operation).
+async fn run(browser: &mut Browser, query: &str) {
+    let editor = "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror";
+    let query = json!(query);
+    browser.eval(&format!("{editor}.setValue({query}); true")).await;
+    browser
+        .wait_for(
+            &format!("{editor}.documentAST?.loc?.source?.body === {query}"),
+            Duration::from_secs(30),
+            |v| v == &json!(true),
+        )
+        .await;
+    browser
+        .eval("document.querySelector('.graphiql-execute-button').click(); true")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_renders_and_runs_a_query_and_a_subscription_in_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        println!("skipped: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let app = TestApp::spawn_with(|c| c.jwt_secret = None).await;
+    let token = app.state.demo_token.clone().unwrap();
+    let wait = Duration::from_secs(30);
+    let session = async {
+        browser.before_each_document(RECORDER).await;
+        browser.navigate(&app.url("/graphql")).await;
+        browser
+            .wait_for(
+                "!!document.querySelector('.graphiql-query-editor .CodeMirror') \
+                 && !!document.querySelector('.graphiql-execute-button')",
+                wait,
+                |v| v == &json!(true),
+            )
+            .await;
+
+        // A query, sent with the demo token.
+        run(&mut browser, "{ me { id } }").await;
+        let text = browser
+            .wait_for(RESPONSE, wait, |v| v.as_str().is_some_and(|t| t.contains("me")))
+            .await;
+        let answer: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+        assert_eq!(answer, json!({ "data": { "me": { "id": "demo-user" } } }));
+
+        // A subscription over /graphql/ws, with the token in connection_init.
+        let drives = app.ok(&token, "{ drives { id } }", json!({})).await;
+        let drive = drives["drives"][0]["id"].as_str().unwrap().to_owned();
+        let templates = app
+            .ok(
+                &token,
+                "query($d: ID!) { workflowTemplates(driveId: $d) { nodes { id } } }",
+                json!({ "d": drive }),
+            )
+            .await;
+        let template = templates["workflowTemplates"]["nodes"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let subscription = format!(
+            "subscription {{ driveWorkflowExecutionEvents(driveId: \"{drive}\") {{ kind execution {{ template {{ id }} }} }} }}"
+        );
+        run(&mut browser, &subscription).await;
+        // The subscription starts a moment after the click: start runs
+        // until one shows up in the response pane.
+        let answered = |v: &Value| {
+            v.as_str()
+                .is_some_and(|t| t.contains("driveWorkflowExecutionEvents") || t.contains("errors"))
+        };
+        let mut shown = Value::Null;
+        for _ in 0..20 {
+            app.ok(
+                &token,
+                "mutation($t: ID!) { startWorkflowExecution(templateId: $t) { id } }",
+                json!({ "t": template }),
+            )
+            .await;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(2) && !answered(&shown) {
+                shown = browser.eval(RESPONSE).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if answered(&shown) {
+                break;
+            }
+        }
+        let answer: Value = serde_json::from_str(shown.as_str().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("no subscription event in the response pane: {shown}"));
+        let event = &answer["data"]["driveWorkflowExecutionEvents"];
+        assert!(event["kind"].is_string(), "{answer}");
+        assert_eq!(event["execution"]["template"]["id"], json!(template), "{answer}");
+
+        // A dialog adds its scroll lock as a <style> element: the nonce lets it in.
+        browser
+            .eval("document.querySelector('button[aria-label=\"Open settings dialog\"]').click(); true")
+            .await;
+        browser
+            .wait_for("!!document.querySelector('[role=dialog]')", wait, |v| v == &json!(true))
+            .await;
+        browser
+            .wait_for(
+                "getComputedStyle(document.body).getPropertyValue('--removed-body-scroll-bar-size')",
+                wait,
+                |v| v.as_str().is_some_and(|s| !s.is_empty()),
+            )
+            .await;
+
+        let seen = browser
+            .eval(
+                "({ blocked: window.__blocked, errors: window.__errors, \
+                    loaded: performance.getEntriesByType('resource').map((e) => e.name) })",
+            )
+            .await;
+        assert_eq!(seen["blocked"], json!([]), "nothing was blocked by CSP: {seen}");
+        assert_eq!(seen["errors"], json!([]), "{seen}");
+        let loaded = seen["loaded"].as_array().unwrap();
+        assert!(loaded.len() >= 6, "{seen}");
+        for url in loaded {
+            let url = url.as_str().unwrap();
+            assert!(url.starts_with(&app.url("/graphql")), "loaded from elsewhere: {url}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(180), session)
+        .await
+        .expect("the browser session ends within 3 minutes");
+    browser.close().await;
 }
