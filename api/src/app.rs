@@ -9,13 +9,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{BatchRequest, ErrorExtensions, ServerError};
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
@@ -37,7 +36,7 @@ use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
 use crate::limits::{DataLimits, QueryLimits};
 use crate::metrics::Metrics;
-use crate::{fanout, ws};
+use crate::{fanout, graphiql, ws};
 
 pub const DEMO_USER_ID: &str = "demo-user";
 
@@ -187,7 +186,11 @@ impl Application {
     pub fn router(state: Arc<AppState>) -> Router {
         let cors = cors_layer(&state.cors_origins);
         let router = Router::new()
-            .route("/graphql", get(graphiql).post(graphql_post))
+            .route("/graphql", get(graphiql::page).post(graphql_post))
+            .route(
+                &format!("{}/{{version}}/{{file}}", graphiql::ASSETS_PREFIX),
+                get(graphiql::asset),
+            )
             .route("/graphql/ws", get(graphql_ws))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -304,24 +307,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
-    )
-        .into_response()
-}
-
-async fn graphiql(State(state): State<Arc<AppState>>) -> Response {
-    let bearer = state.demo_token.as_ref().map(|t| format!("Bearer {t}"));
-    let mut page = GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql/ws")
-        .title("Workflows");
-    if let Some(b) = &bearer {
-        page = page.header("Authorization", b).ws_connection_param("Authorization", b);
-    }
-    // GraphiQL loads its scripts and styles from a CDN: this page gets a
-    // policy that only forbids framing, instead of the API's `default-src 'none'`.
-    (
-        [(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'")],
-        Html(page.finish()),
     )
         .into_response()
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod graphiql;
 pub mod graphql;
 pub mod limits;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! real server bound to a free port, built exactly as `workflows serve` builds it.
 
 pub mod agents;
+pub mod browser;
 pub mod process;
 pub mod stub;
 pub mod ws;

@@ -4,6 +4,7 @@
 
 mod auth;
 mod executions;
+mod graphiql;
 mod hostile;
 mod instances;
 mod limits;
