@@ -1,0 +1,195 @@
+//! What people do to a run from outside the runner: give a paused step its
+//! input, cancel (here, or by asking the instance that runs it).
+
+use super::*;
+
+impl Engine {
+    /// Validates `input` against the paused step's `inputSchema`, saves it,
+    /// and resumes the run. Only one of several concurrent submissions wins.
+    pub async fn submit_input(self: &Arc<Self>, id: &str, input: Value) -> ApiResult<execution::Model> {
+        let live = self.live(id);
+        let mut seq = live.seq.lock().await;
+        let mut state = self
+            .load(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
+        if state.exec.status != ExecutionStatus::Paused {
+            return Err(not_paused(&state.exec));
+        }
+        let order = state.exec.current_step_order.unwrap_or(0);
+        let idx = state
+            .steps
+            .iter()
+            .position(|s| s.step_order == order && s.status == StepStatus::Pending)
+            .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
+        let def = self.definition(&state.steps[idx]).await?;
+        validation::user_input(def.input_schema.as_ref(), &input)?;
+        let base = state.context_bytes();
+        self.limits().context_with(
+            "input",
+            &state.exec.accumulated_context,
+            base,
+            &format!("step_{order}_input"),
+            &input,
+        )?;
+        let applied = self
+            .apply(
+                &mut seq,
+                &mut state,
+                Change {
+                    expect: &[ExecutionStatus::Paused],
+                    owned: false,
+                    exec: ExecPatch {
+                        status: Some(ExecutionStatus::Running),
+                        context_add: Some((format!("step_{order}_input"), input.clone())),
+                        lease: Some(Some(self.lease_until())),
+                        ..Default::default()
+                    },
+                    step: Some((
+                        idx,
+                        StepPatch {
+                            user_input: Some(input),
+                            ..Default::default()
+                        },
+                    )),
+                    events: &[EventKind::ExecutionUpdated],
+                },
+            )
+            .await?;
+        if !applied {
+            return Err(ApiError::Conflict("the execution is no longer PAUSED".into()));
+        }
+        drop(seq);
+        let exec = (*state.exec).clone();
+        self.spawn(id.to_owned(), Some(state));
+        Ok(exec)
+    }
+
+    /// Stops a RUNNING or PAUSED execution: CANCELLED, and a step in flight
+    /// FAILED "cancelled". The agent call in flight is dropped.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> ApiResult<execution::Model> {
+        let live = self.live(id);
+        let mut seq = live.seq.lock().await;
+        let Some(mut state) = self.load(id).await? else {
+            return Err(ApiError::not_found("workflow execution", id));
+        };
+        if state.exec.status.is_terminal() {
+            self.forget(id);
+            return Err(ApiError::Conflict(format!(
+                "the execution has already finished ({})",
+                status_name(state.exec.status)
+            )));
+        }
+        if let (ExecutionStatus::Running, Some(owner), Some(until)) =
+            (state.exec.status, &state.exec.lease_owner, state.exec.lease_expires_at)
+        {
+            if owner != &self.instance && until > now() {
+                // Another live instance runs it: it alone numbers its events.
+                drop(seq);
+                return Box::pin(self.cancel_elsewhere(id)).await;
+            }
+        }
+        let at = now();
+        let running = state.steps.iter().position(|s| s.status == StepStatus::Running);
+        let change = Change {
+            expect: &[ExecutionStatus::Running, ExecutionStatus::Paused],
+            owned: false,
+            exec: ExecPatch {
+                status: Some(ExecutionStatus::Cancelled),
+                lease: Some(None),
+                ..Default::default()
+            },
+            step: running.map(|idx| {
+                (
+                    idx,
+                    StepPatch {
+                        status: Some(StepStatus::Failed),
+                        completed_at: Some(at),
+                        error_message: Some("cancelled".into()),
+                        ..Default::default()
+                    },
+                )
+            }),
+            events: if running.is_some() {
+                &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+            } else {
+                &[EventKind::ExecutionUpdated]
+            },
+        };
+        if !self.apply(&mut seq, &mut state, change).await? {
+            return Err(ApiError::Conflict("the execution has already finished".into()));
+        }
+        live.cancel.cancel();
+        Ok((*state.exec).clone())
+    }
+
+    /// Asks the instance running `id` to cancel it and waits for the result;
+    /// if that instance is gone (its lease runs out), takes the run over and
+    /// cancels it here.
+    pub(super) async fn cancel_elsewhere(self: &Arc<Self>, id: &str) -> ApiResult<execution::Model> {
+        if let Some(relay) = &self.relay {
+            let note = Note {
+                i: relay.instance.clone(),
+                e: id.to_owned(),
+                d: String::new(),
+                s: 0,
+                k: 'C',
+                t: None,
+                x: None,
+                p: None,
+            };
+            self.notify(&note).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.lease + Duration::from_secs(2);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(exec) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await? else {
+                return Err(ApiError::not_found("workflow execution", id));
+            };
+            match exec.status {
+                ExecutionStatus::Cancelled => return Ok(exec),
+                s if s.is_terminal() => {
+                    return Err(ApiError::Conflict(format!(
+                        "the execution has already finished ({})",
+                        status_name(s)
+                    )));
+                }
+                _ => {}
+            }
+            let expired = exec.lease_expires_at.is_none_or(|t| t <= now());
+            if expired || tokio::time::Instant::now() >= deadline {
+                // Whoever ran it is gone: take it over, then cancel it here.
+                self.claim(id).await?;
+                self.forget(id);
+                return Box::pin(self.cancel(id)).await;
+            }
+        }
+    }
+
+    /// Takes the lease of a RUNNING execution whose lease expired.
+    pub(super) async fn claim(&self, id: &str) -> Result<bool, DbErr> {
+        let res = execution::Entity::update_many()
+            .set(execution::ActiveModel {
+                lease_owner: Set(Some(self.instance.clone())),
+                lease_expires_at: Set(Some(self.lease_until())),
+                ..Default::default()
+            })
+            .filter(execution::Column::Id.eq(id))
+            .filter(execution::Column::Status.eq(ExecutionStatus::Running))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(execution::Column::LeaseExpiresAt.is_null())
+                    .add(execution::Column::LeaseExpiresAt.lte(now())),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+}
+
+fn not_paused(e: &execution::Model) -> ApiError {
+    ApiError::Conflict(format!(
+        "the execution is {}, not PAUSED: there is no step waiting for input",
+        status_name(e.status)
+    ))
+}

@@ -1,0 +1,444 @@
+//! A step's life: the run loop takes the next step, evaluates its
+//! condition, pauses for input, renders its prompt, calls its agent under
+//! its timeout and retry policy (streaming deltas), and stores the outcome.
+
+use super::*;
+
+impl Engine {
+    /// Marks step `idx` and the execution FAILED.
+    pub(super) async fn fail(&self, live: &Live, state: &mut RunState, idx: usize, cause: String) -> Result<(), DbErr> {
+        let at = now();
+        let order = state.steps[idx].step_order;
+        let message = format!("step {order} failed: {cause}");
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                owned: true,
+                exec: ExecPatch {
+                    status: Some(ExecutionStatus::Failed),
+                    lease: Some(None),
+                    failed_at: Some(at),
+                    error_message: Some(message.clone()),
+                    ..Default::default()
+                },
+                step: Some((
+                    idx,
+                    StepPatch {
+                        status: Some(StepStatus::Failed),
+                        completed_at: Some(at),
+                        error_message: Some(message),
+                        ..Default::default()
+                    },
+                )),
+                events: &[EventKind::StepUpdated, EventKind::ExecutionUpdated],
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn run(&self, live: &Live, id: &str, state: Option<RunState>) -> Result<(), DbErr> {
+        let state = match state {
+            Some(s) => Some(s),
+            None => self.load(id).await?,
+        };
+        let Some(mut state) = state else {
+            return Ok(());
+        };
+        loop {
+            if state.exec.status != ExecutionStatus::Running || live.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if self.stopping.is_cancelled() {
+                // Shutting down: the lease is handed back for another instance.
+                return Ok(());
+            }
+            let Some(idx) = state
+                .steps
+                .iter()
+                .position(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
+            else {
+                // Nothing left (e.g. the last steps were skipped): done.
+                let at = now();
+                self.write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        owned: true,
+                        exec: ExecPatch {
+                            status: Some(ExecutionStatus::Completed),
+                            completed_at: Some(at),
+                            lease: Some(None),
+                            ..Default::default()
+                        },
+                        step: None,
+                        events: &[EventKind::ExecutionUpdated],
+                    },
+                )
+                .await?;
+                return Ok(());
+            };
+            let step = state.steps[idx].clone();
+            let order = step.step_order;
+            let next_order = state.steps.get(idx + 1).map(|s| s.step_order);
+            let is_last = state.steps[idx + 1..]
+                .iter()
+                .all(|s| !matches!(s.status, StepStatus::Pending | StepStatus::Running));
+            let def = match self.definition(&step).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.fail(live, &mut state, idx, e.message()).await?;
+                    return Ok(());
+                }
+            };
+
+            if let Some(rule) = &def.condition {
+                match condition::evaluate(rule, &state.exec.accumulated_context) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let at = now();
+                        let done = is_last;
+                        let applied = self
+                            .write(
+                                live,
+                                &mut state,
+                                step_finished(
+                                    idx,
+                                    next_order,
+                                    done,
+                                    at,
+                                    StepPatch {
+                                        status: Some(StepStatus::Skipped),
+                                        completed_at: Some(at),
+                                        ..Default::default()
+                                    },
+                                    None,
+                                ),
+                            )
+                            .await?;
+                        if !applied {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail(
+                            live,
+                            &mut state,
+                            idx,
+                            format!("its condition could not be evaluated: {e}"),
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                }
+            }
+
+            if def.requires_user_input && step.user_input.is_none() {
+                self.write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        owned: true,
+                        exec: ExecPatch {
+                            status: Some(ExecutionStatus::Paused),
+                            lease: Some(None),
+                            paused_at: Some(now()),
+                            current_step_order: Some(Some(order)),
+                            ..Default::default()
+                        },
+                        step: None,
+                        events: &[EventKind::ExecutionUpdated],
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+
+            let rendered = match prompt::render(
+                &def.prompt_template,
+                &state.exec.accumulated_context,
+                step.user_input.as_ref(),
+            ) {
+                Ok(p) if p.len() > self.limits().max_prompt_bytes => {
+                    let why = format!(
+                        "its rendered prompt is {} bytes; at most {} are allowed (MAX_PROMPT_BYTES)",
+                        p.len(),
+                        self.limits().max_prompt_bytes
+                    );
+                    self.fail(live, &mut state, idx, why).await?;
+                    return Ok(());
+                }
+                Ok(p) => p,
+                Err(missing) => {
+                    self.fail(
+                        live,
+                        &mut state,
+                        idx,
+                        format!("its prompt names a missing variable '{}'", missing.0),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            };
+            let Some(agent) = self.agents.get(&def.agent_id).map(|a| a.agent.clone()) else {
+                self.fail(
+                    live,
+                    &mut state,
+                    idx,
+                    format!("agent '{}' is not configured on this server", def.agent_id),
+                )
+                .await?;
+                return Ok(());
+            };
+            let applied = self
+                .write(
+                    live,
+                    &mut state,
+                    Change {
+                        expect: &[ExecutionStatus::Running],
+                        owned: true,
+                        exec: ExecPatch {
+                            current_step_order: Some(Some(order)),
+                            ..Default::default()
+                        },
+                        step: Some((
+                            idx,
+                            StepPatch {
+                                status: Some(StepStatus::Running),
+                                started_at: Some(now()),
+                                agent_input: Some(json!({"prompt": rendered, "agentId": def.agent_id})),
+                                ..Default::default()
+                            },
+                        )),
+                        events: &[EventKind::StepUpdated],
+                    },
+                )
+                .await?;
+            if !applied {
+                return Ok(());
+            }
+
+            match self
+                .call_agent(live, &mut state, idx, agent.as_ref(), &def, &rendered)
+                .await?
+            {
+                AgentOutcome::Stopped => return Ok(()),
+                AgentOutcome::Failed(cause) => {
+                    self.fail(live, &mut state, idx, format!("agent '{}': {cause}", def.agent_id))
+                        .await?;
+                    return Ok(());
+                }
+                AgentOutcome::Done(output) => {
+                    let at = now();
+                    let key = format!("step_{order}_output");
+                    let base = state.context_bytes();
+                    if let Err(why) = self
+                        .limits()
+                        .output_fits(&output, &state.exec.accumulated_context, base, &key)
+                    {
+                        self.fail(live, &mut state, idx, why).await?;
+                        return Ok(());
+                    }
+                    let done = is_last;
+                    let applied = self
+                        .write(
+                            live,
+                            &mut state,
+                            step_finished(
+                                idx,
+                                next_order,
+                                done,
+                                at,
+                                StepPatch {
+                                    status: Some(StepStatus::Completed),
+                                    agent_output: Some(output.clone()),
+                                    completed_at: Some(at),
+                                    ..Default::default()
+                                },
+                                Some((format!("step_{order}_output"), output)),
+                            ),
+                        )
+                        .await?;
+                    if !applied || done {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls the agent under the step's timeout and retry policy, publishing
+    /// streamed pieces as STEP_OUTPUT_DELTA events; stops at once on cancel.
+    pub(super) async fn call_agent(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        agent: &dyn crate::engine::agents::Agent,
+        def: &StepDefinition,
+        rendered: &str,
+    ) -> Result<AgentOutcome, DbErr> {
+        let policy = def.attempts();
+        let mut attempt = 1;
+        loop {
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let mut streamed = false;
+            let result = {
+                let call = agent.call(rendered, Some(&tx));
+                tokio::pin!(call);
+                let deadline = async {
+                    match policy.timeout {
+                        Some(t) => tokio::time::sleep(t).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
+                        _ = self.abandon.cancelled() => return Ok(AgentOutcome::Stopped),
+                        Some(piece) = rx.recv() => {
+                            streamed = true;
+                            self.publish_delta(live, state, idx, piece).await?;
+                        }
+                        r = &mut call => break r,
+                        _ = &mut deadline => break Err(AgentError::Retryable {
+                            message: format!("timed out after {} ms", policy.timeout.map_or(0, |t| t.as_millis())),
+                            retry_after: None,
+                        }),
+                    }
+                }
+            };
+            // Pieces sent just before the call returned.
+            while let Ok(piece) = rx.try_recv() {
+                streamed = true;
+                self.publish_delta(live, state, idx, piece).await?;
+            }
+            match result {
+                Ok(output) => return Ok(AgentOutcome::Done(output)),
+                Err(AgentError::Fatal(m)) => return Ok(AgentOutcome::Failed(m)),
+                Err(AgentError::Retryable { message, retry_after }) => {
+                    if attempt >= policy.max_attempts {
+                        let tries = if attempt > 1 {
+                            format!(" (after {attempt} attempts)")
+                        } else {
+                            String::new()
+                        };
+                        return Ok(AgentOutcome::Failed(format!("{message}{tries}")));
+                    }
+                    let wait = retry_after.unwrap_or(policy.backoff).max(policy.backoff);
+                    tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
+                    tokio::select! {
+                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if streamed {
+                        // A new RUNNING event with a new startedAt tells
+                        // subscribers to drop the pieces of the failed attempt.
+                        let applied = self
+                            .write(
+                                live,
+                                state,
+                                Change {
+                                    expect: &[ExecutionStatus::Running],
+                                    owned: true,
+                                    exec: ExecPatch::default(),
+                                    step: Some((
+                                        idx,
+                                        StepPatch {
+                                            started_at: Some(now()),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                    events: &[EventKind::StepUpdated],
+                                },
+                            )
+                            .await?;
+                        if !applied {
+                            return Ok(AgentOutcome::Stopped);
+                        }
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn publish_delta(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        piece: String,
+    ) -> Result<(), DbErr> {
+        for part in relay::split_delta(piece) {
+            let mut seq = live.seq.lock().await;
+            let next = seq.unwrap_or(0).max(state.exec.sequence) + 1;
+            if next > state.exec.sequence_reserved {
+                // Deltas are not stored; reserve their numbers in blocks so an
+                // instance taking over never hands out one already seen.
+                let reserved = next + 63;
+                execution::Entity::update_many()
+                    .set(execution::ActiveModel {
+                        sequence_reserved: Set(reserved),
+                        ..Default::default()
+                    })
+                    .filter(execution::Column::Id.eq(state.exec.id.clone()))
+                    .filter(execution::Column::LeaseOwner.eq(self.instance.clone()))
+                    .exec(&self.db)
+                    .await?;
+                Arc::make_mut(&mut state.exec).sequence_reserved = reserved;
+            }
+            *seq = Some(next);
+            Arc::make_mut(&mut state.exec).sequence = next;
+            let event = ExecutionEvent {
+                kind: EventKind::StepOutputDelta,
+                sequence: next,
+                at: now(),
+                execution: state.exec.clone(),
+                steps: state.steps.clone(),
+                step: Some(state.steps[idx].clone()),
+                delta: Some(part),
+            };
+            self.tell_others(&event).await;
+            self.bus.publish(event);
+        }
+        Ok(())
+    }
+}
+
+/// A step that ended well (COMPLETED or SKIPPED): the run moves on to the
+/// next step, or is COMPLETED (and its lease let go) when it was the last.
+fn step_finished(
+    idx: usize,
+    next_order: Option<i32>,
+    last: bool,
+    at: NaiveDateTime,
+    step: StepPatch,
+    context_add: Option<(String, Value)>,
+) -> Change {
+    Change {
+        expect: &[ExecutionStatus::Running],
+        owned: true,
+        exec: ExecPatch {
+            context_add,
+            current_step_order: next_order.map(Some),
+            status: last.then_some(ExecutionStatus::Completed),
+            lease: last.then_some(None),
+            completed_at: last.then_some(at),
+            ..Default::default()
+        },
+        step: Some((idx, step)),
+        events: if last {
+            &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+        } else {
+            &[EventKind::StepUpdated]
+        },
+    }
+}
