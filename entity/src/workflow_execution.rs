@@ -38,6 +38,12 @@ pub struct Model {
     pub lease_owner: Option<String>,
     #[sea_orm(column_name = "leaseExpiresAt")]
     pub lease_expires_at: Option<DateTime>,
+    /// The schedule that started this run (null once it was deleted), and
+    /// the due time it was started for.
+    #[sea_orm(column_name = "scheduleId")]
+    pub schedule_id: Option<String>,
+    #[sea_orm(column_name = "scheduledFor")]
+    pub scheduled_for: Option<DateTime>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

@@ -7,6 +7,7 @@ mod m20261129_000001_create_tables;
 mod m20261129_000002_execution_runtime;
 mod m20261129_000003_leases;
 mod m20261201_000004_lz4_json;
+mod m20261202_000006_schedules;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_execution_runtime::Migration),
             Box::new(m20261129_000003_leases::Migration),
             Box::new(m20261201_000004_lz4_json::Migration),
+            Box::new(m20261202_000006_schedules::Migration),
         ]
     }
 }

@@ -118,6 +118,17 @@ struct Change {
     events: &'static [EventKind],
 }
 
+/// A run's first rows, made by `Engine::prepare` and not yet written.
+pub struct NewRun {
+    event: ExecutionEvent,
+}
+
+impl NewRun {
+    pub fn execution(&self) -> &execution::Model {
+        &self.event.execution
+    }
+}
+
 enum AgentOutcome {
     Done(Value),
     Failed(String),
@@ -213,6 +224,15 @@ impl Engine {
 
     pub fn relay(&self) -> Option<&Arc<Relay>> {
         self.relay.as_ref()
+    }
+
+    /// Cancelled when the instance starts shutting down: start nothing new.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     fn lease_until(&self) -> NaiveDateTime {
@@ -476,11 +496,35 @@ impl Engine {
         user_id: &str,
         context: Value,
     ) -> ApiResult<execution::Model> {
+        let run = self.prepare(template, user_id, context, None).await?;
+        if self.relay.is_some() {
+            // PostgreSQL: one statement, atomic by itself.
+            self.insert_run(&self.db, &run).await?;
+        } else {
+            let txn = self.db.begin().await?;
+            self.insert_run(&txn, &run).await?;
+            txn.commit().await?;
+        }
+        Ok(self.launch(run).await)
+    }
+
+    /// The rows of a new run of `template` as `user_id`, not yet written:
+    /// `insert_run` writes them (in the caller's transaction, if it has one),
+    /// and `launch` runs them once committed. `schedule` is the schedule and
+    /// due time a scheduled run is started for.
+    pub async fn prepare(
+        &self,
+        template: &template::Model,
+        user_id: &str,
+        context: Value,
+        schedule: Option<(String, NaiveDateTime)>,
+    ) -> ApiResult<NewRun> {
         let steps = domain::steps::of_templates(&self.db, &[template.id.clone()]).await?;
         if steps.is_empty() {
             return Err(ApiError::bad_input("templateId: the template has no steps to run"));
         }
         let at = now();
+        let (schedule_id, scheduled_for) = schedule.unzip();
         let exec = execution::Model {
             id: new_id(),
             workflow_template_id: template.id.clone(),
@@ -498,6 +542,8 @@ impl Engine {
             sequence_reserved: 0,
             lease_owner: Some(self.instance.clone()),
             lease_expires_at: Some(self.lease_until()),
+            schedule_id,
+            scheduled_for,
             created_at: at,
             updated_at: at,
         };
@@ -520,20 +566,29 @@ impl Engine {
                 updated_at: at,
             })
             .collect();
-        let event = ExecutionEvent {
-            kind: EventKind::ExecutionUpdated,
-            sequence: 1,
-            at,
-            execution: Arc::new(exec.clone()),
-            steps: Arc::new(records),
-            step: None,
-            delta: None,
-        };
-        let insert_exec = execution::Entity::insert(execution::ActiveModel::from(exec.clone()));
+        Ok(NewRun {
+            event: ExecutionEvent {
+                kind: EventKind::ExecutionUpdated,
+                sequence: 1,
+                at,
+                execution: Arc::new(exec),
+                steps: Arc::new(records),
+                step: None,
+                delta: None,
+            },
+        })
+    }
+
+    /// Writes a prepared run's execution and step records on `conn`. On
+    /// SQLite these are two statements: give a transaction. On PostgreSQL
+    /// they and the note to other instances are one statement (the note is
+    /// delivered when the surrounding transaction commits).
+    pub async fn insert_run(&self, conn: &impl ConnectionTrait, run: &NewRun) -> Result<(), DbErr> {
+        let event = &run.event;
+        let insert_exec = execution::Entity::insert(execution::ActiveModel::from((*event.execution).clone()));
         let insert_steps =
             exec_step::Entity::insert_many(event.steps.iter().cloned().map(exec_step::ActiveModel::from));
         match &self.relay {
-            // PostgreSQL: both inserts and the note in one statement.
             Some(relay) => {
                 use sea_orm::QueryTrait;
                 use sea_orm::sea_query::PostgresQueryBuilder;
@@ -545,7 +600,7 @@ impl Engine {
                 let sql_steps = shift_placeholders(&s_sql, values.len());
                 values.extend(s_values.0);
                 values.push(
-                    serde_json::to_string(&Note::of(&relay.instance, &event))
+                    serde_json::to_string(&Note::of(&relay.instance, event))
                         .expect("note")
                         .into(),
                 );
@@ -554,17 +609,22 @@ impl Engine {
                     relay::CHANNEL,
                     values.len()
                 );
-                self.db
-                    .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                conn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
                     .await?;
             }
             None => {
-                let txn = self.db.begin().await?;
-                insert_exec.exec_without_returning(&txn).await?;
-                insert_steps.exec_without_returning(&txn).await?;
-                txn.commit().await?;
+                insert_exec.exec_without_returning(conn).await?;
+                insert_steps.exec_without_returning(conn).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Publishes a run's first event and runs it in the background; call
+    /// once its rows are committed.
+    pub async fn launch(self: &Arc<Self>, run: NewRun) -> execution::Model {
+        let event = run.event;
+        let exec = (*event.execution).clone();
         let state = RunState::new(event.execution.clone(), event.steps.clone());
         let live = self.live(&exec.id);
         {
@@ -573,7 +633,7 @@ impl Engine {
             self.bus.publish(event);
         }
         self.spawn(exec.id.clone(), Some(state));
-        Ok(exec)
+        exec
     }
 
     /// Runs `id` in the background; `state` is its rows when the caller
