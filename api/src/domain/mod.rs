@@ -5,6 +5,7 @@ pub mod cron;
 pub mod drives;
 pub mod executions;
 pub mod pagination;
+pub mod schedules;
 pub mod steps;
 pub mod templates;
 pub mod users;
