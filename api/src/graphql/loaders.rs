@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use chrono::NaiveDateTime;
 use entity::{
-    drive, drive_member, user, workflow_execution_step as exec_step, workflow_step as step,
-    workflow_template as template,
+    drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step,
+    workflow_schedule as schedule, workflow_step as step, workflow_template as template,
 };
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::domain;
+use crate::domain::pagination::{Cursor, Page};
 
 pub type LoadError = Arc<DbErr>;
 
@@ -91,6 +93,73 @@ impl Loader<String> for MembersOfDrive {
     }
 }
 
+/// A template's schedules, newest first.
+pub struct SchedulesOfTemplate(pub DatabaseConnection);
+
+impl Loader<String> for SchedulesOfTemplate {
+    type Value = Vec<Arc<schedule::Model>>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = domain::schedules::of_templates(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for r in rows {
+            map.entry(r.template_id.clone()).or_default().push(Arc::new(r));
+        }
+        Ok(map)
+    }
+}
+
+/// One page of a schedule's runs: those started by `user_id` only when
+/// set, `first` of them after the cursor `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScheduleRunsKey {
+    pub schedule_id: String,
+    pub user_id: Option<String>,
+    pub first: u64,
+    pub after: Option<(NaiveDateTime, String)>,
+}
+
+/// Pages of schedules' runs: one statement for all the schedules that ask
+/// for the same page.
+pub struct RunsOfSchedule(pub DatabaseConnection);
+
+impl Loader<ScheduleRunsKey> for RunsOfSchedule {
+    type Value = Page<execution::Model>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[ScheduleRunsKey]) -> Result<HashMap<ScheduleRunsKey, Self::Value>, Self::Error> {
+        type Group = (Option<String>, u64, Option<(NaiveDateTime, String)>);
+        let mut groups: HashMap<Group, Vec<String>> = HashMap::new();
+        for k in keys {
+            groups
+                .entry((k.user_id.clone(), k.first, k.after.clone()))
+                .or_default()
+                .push(k.schedule_id.clone());
+        }
+        let mut out = HashMap::new();
+        for ((user_id, first, after), ids) in groups {
+            let cursor = after.clone().map(|(created_at, id)| Cursor { created_at, id });
+            let pages =
+                domain::executions::pages_of_schedules(&self.0, &ids, user_id.as_deref(), first, cursor.as_ref())
+                    .await
+                    .map_err(Arc::new)?;
+            for (schedule_id, page) in pages {
+                out.insert(
+                    ScheduleRunsKey {
+                        schedule_id,
+                        user_id: user_id.clone(),
+                        first,
+                        after: after.clone(),
+                    },
+                    page,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// All loaders of one request (or one WebSocket connection).
 pub struct Loaders {
     pub users: Cached<UserLoader>,
@@ -100,6 +169,8 @@ pub struct Loaders {
     pub steps_of_template: Cached<StepsOfTemplate>,
     pub steps_of_execution: Cached<StepsOfExecution>,
     pub members_of_drive: Cached<MembersOfDrive>,
+    pub schedules_of_template: Cached<SchedulesOfTemplate>,
+    pub runs_of_schedule: DataLoader<RunsOfSchedule, HashMapCache>,
 }
 
 fn loader<T: Loader<String>>(inner: T, cache: bool) -> Cached<T> {
@@ -120,6 +191,12 @@ impl Loaders {
             steps_of_template: loader(StepsOfTemplate(db.clone()), cache),
             steps_of_execution: loader(StepsOfExecution(db.clone()), cache),
             members_of_drive: loader(MembersOfDrive(db.clone()), cache),
+            schedules_of_template: loader(SchedulesOfTemplate(db.clone()), cache),
+            runs_of_schedule: {
+                let l = DataLoader::with_cache(RunsOfSchedule(db.clone()), tokio::spawn, HashMapCache::default());
+                l.enable_all_cache(cache);
+                l
+            },
         }
     }
 
