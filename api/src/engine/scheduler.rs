@@ -62,7 +62,7 @@ impl Scheduler {
     }
 
     /// Fires every schedule due now (up to a batch); returns how many due
-    /// times this instance claimed.
+    /// times this instance claimed. Errs only when the due ones cannot be read.
     pub async fn tick(&self) -> Result<usize, DbErr> {
         let due = schedules::due(self.engine.db(), now(), BATCH).await?;
         let mut claimed = 0;
@@ -70,8 +70,13 @@ impl Scheduler {
             if self.engine.stopping().is_cancelled() {
                 break;
             }
-            if self.fire(s).await? {
-                claimed += 1;
+            // One schedule's failure does not hold up the others; its due
+            // time stays as it was and is tried again at the next look.
+            let id = s.id.clone();
+            match self.fire(s).await {
+                Ok(true) => claimed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(schedule = %id, error = %e, "firing a due schedule failed"),
             }
         }
         Ok(claimed)
