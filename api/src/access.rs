@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use entity::{DriveRole, workflow_execution, workflow_template};
+use entity::{DriveRole, workflow_execution, workflow_schedule, workflow_template};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -172,6 +172,56 @@ impl Access {
             }
         }
         scope
+    }
+
+    /// A schedule is visible to whoever sees its template.
+    pub fn can_see_schedule(&self, t: &workflow_template::Model) -> bool {
+        self.can_see_template(t)
+    }
+
+    /// Which schedules of a drive the viewer may list: those of the
+    /// templates they may see.
+    pub fn schedule_scope(&self, drive_id: &str) -> TemplateScope {
+        self.template_scope(drive_id)
+    }
+
+    /// MEMBER or higher who can see the template schedules it.
+    pub fn check_create_schedule(&self, t: &workflow_template::Model) -> ApiResult<()> {
+        if !self.can_see_template(t) {
+            return Err(ApiError::not_found("workflow template", &t.id));
+        }
+        match self.role(&t.drive_id) {
+            Some(r) if r >= DriveRole::Member => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "scheduling a template needs the MEMBER role or higher in its drive".into(),
+            )),
+        }
+    }
+
+    /// Its creator, and ADMIN/OWNER, change or delete a schedule.
+    pub fn check_change_schedule(&self, s: &workflow_schedule::Model, t: &workflow_template::Model) -> ApiResult<()> {
+        if !self.can_see_schedule(t) {
+            return Err(ApiError::not_found("workflow schedule", &s.id));
+        }
+        let role = self.role(&t.drive_id).unwrap_or(DriveRole::Viewer);
+        if s.created_by == self.user_id || role >= DriveRole::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only the schedule's creator and drive ADMINs or the OWNER may change it".into(),
+            ))
+        }
+    }
+
+    /// The runs of a schedule in `drive_id` the viewer sees, as executions
+    /// are seen: all of them (`Some(None)`, ADMIN/OWNER), only their own
+    /// (`Some(Some(user))`), or none.
+    pub fn schedule_runs_filter(&self, drive_id: &str) -> Option<Option<String>> {
+        match self.role(drive_id) {
+            None => None,
+            Some(r) if r >= DriveRole::Admin => Some(None),
+            Some(_) => Some(Some(self.user_id.clone())),
+        }
     }
 
     /// ADMIN/OWNER manage members.

@@ -31,6 +31,7 @@ use crate::db::{self, StatementCounter};
 use crate::domain::users;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::{Engine, EngineSettings};
+use crate::engine::scheduler::Scheduler;
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub schema: AppSchema,
     pub agents: Arc<AgentRegistry>,
     pub engine: Arc<Engine>,
+    /// Fires due schedules (its background loop runs unless SCHEDULE_POLL_MS is 0).
+    pub scheduler: Arc<Scheduler>,
     /// Cancelled when the server shuts down: WebSocket connections close.
     pub closing: tokio_util::sync::CancellationToken,
     /// Set when no `JWT_SECRET` was given: a token for the demo user,
@@ -138,6 +141,12 @@ impl Application {
         let observer = metrics.clone();
         engine.set_step_observer(Box::new(move |step| observer.step_written(step)));
         engine.start_background();
+        let scheduler = Scheduler::new(
+            engine.clone(),
+            metrics.clone(),
+            Duration::from_millis(config.schedule_poll_ms),
+        );
+        scheduler.start();
         let schema = graphql::build_schema_with(
             Some(SchemaData {
                 db: db.clone(),
@@ -163,6 +172,7 @@ impl Application {
             schema,
             agents,
             engine,
+            scheduler,
             closing: tokio_util::sync::CancellationToken::new(),
             demo_token,
             limits: config.limits.clone(),

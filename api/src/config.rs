@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
 
+    /// Milliseconds between the scheduler's looks for due schedules: a
+    /// schedule fires at most this long after its due time. `0` turns the
+    /// scheduler off on this instance.
+    #[arg(long, env = "SCHEDULE_POLL_MS", default_value_t = 1000)]
+    pub schedule_poll_ms: u64,
+
     /// Events a subscriber may fall behind before it is sent a fresh SNAPSHOT
     /// (for subscribers that share a group: how far the group may fall
     /// behind; each member may fall 64 behind its group).
@@ -230,6 +236,7 @@ impl Config {
             lease_seconds: 30,
             sweep_seconds: 5,
             shutdown_grace_seconds: 10,
+            schedule_poll_ms: 1000,
             event_buffer: 1024,
             limits: Limits::default(),
             tokens: TokenSettings::default(),

@@ -31,6 +31,8 @@ pub struct Metrics {
     pool: IntGaugeVec,
     pool_max: IntGauge,
     statements: IntCounter,
+    schedule_fires: IntCounter,
+    schedule_skips: IntCounterVec,
     operations: Mutex<HashSet<String>>,
 }
 
@@ -86,6 +88,19 @@ impl Metrics {
             "Size limit of the database pool",
         ));
         let statements = must(IntCounter::new("db_statements_total", "SQL statements sent"));
+        let schedule_fires = must(IntCounter::new(
+            "schedule_fires_started_total",
+            "Due times of schedules that this instance claimed and started a run for",
+        ));
+        let schedule_skips = must(IntCounterVec::new(
+            Opts::new(
+                "schedule_fires_skipped_total",
+                "Due times of schedules that this instance claimed and skipped, by reason \
+                 (forbidden: the creator can no longer start the template; invalid: the template \
+                 or the schedule cannot be started)",
+            ),
+            &["reason"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -96,6 +111,8 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(pool_max.clone()),
             Box::new(statements.clone()),
+            Box::new(schedule_fires.clone()),
+            Box::new(schedule_skips.clone()),
         ] {
             must(registry.register(c));
         }
@@ -110,6 +127,8 @@ impl Metrics {
             pool,
             pool_max,
             statements,
+            schedule_fires,
+            schedule_skips,
             operations: Mutex::new(HashSet::new()),
         })
     }
@@ -181,6 +200,17 @@ impl Metrics {
             .unwrap_or("unknown");
         let secs = (end - start).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
         self.step_duration.with_label_values(&[agent, outcome]).observe(secs);
+    }
+
+    /// A due time this instance claimed and started a run for (so each fire
+    /// counts once across instances).
+    pub fn schedule_fire_started(&self) {
+        self.schedule_fires.inc();
+    }
+
+    /// A due time this instance claimed and skipped.
+    pub fn schedule_fire_skipped(&self, reason: &str) {
+        self.schedule_skips.with_label_values(&[reason]).inc();
     }
 
     /// The text exposition, with the scrape-time gauges refreshed.

@@ -8,6 +8,7 @@ pub mod tags;
 pub mod user;
 pub mod workflow_execution;
 pub mod workflow_execution_step;
+pub mod workflow_schedule;
 pub mod workflow_step;
 pub mod workflow_template;
 pub mod workflow_template_version;

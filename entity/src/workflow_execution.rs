@@ -47,6 +47,12 @@ pub struct Model {
     /// The run this one re-runs from a step.
     #[sea_orm(column_name = "retryOfExecutionId")]
     pub retry_of_execution_id: Option<String>,
+    /// The schedule that started this run (null once it was deleted), and
+    /// the due time it was started for.
+    #[sea_orm(column_name = "scheduleId")]
+    pub schedule_id: Option<String>,
+    #[sea_orm(column_name = "scheduledFor")]
+    pub scheduled_for: Option<DateTime>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

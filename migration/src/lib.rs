@@ -8,6 +8,7 @@ mod m20261129_000002_execution_runtime;
 mod m20261129_000003_leases;
 mod m20261201_000004_lz4_json;
 mod m20261202_000005_initial_context;
+mod m20261202_000006_schedules;
 mod m20261202_000007_template_search;
 mod m20261202_000008_versions_retries;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_leases::Migration),
             Box::new(m20261201_000004_lz4_json::Migration),
             Box::new(m20261202_000005_initial_context::Migration),
+            Box::new(m20261202_000006_schedules::Migration),
             Box::new(m20261202_000007_template_search::Migration),
             Box::new(m20261202_000008_versions_retries::Migration),
         ]

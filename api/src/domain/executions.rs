@@ -165,6 +165,7 @@ pub async fn launch(
         version: version.unwrap_or(template.version),
         context,
         retry_of: None,
+        schedule: None,
         steps,
     })
 }
@@ -226,6 +227,7 @@ pub fn retry(
         version: original.template_version,
         context: original.initial_context.clone(),
         retry_of: Some(original.id.clone()),
+        schedule: None,
         steps,
     })
 }
@@ -251,4 +253,79 @@ pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<
         .filter(execution::Column::Id.is_in(ids.iter().cloned()))
         .all(db)
         .await
+}
+
+/// One page of runs for each of several schedules, newest first, in one
+/// statement (a window over `scheduleId`). `user_id`: only runs started by
+/// that user (a viewer who sees only their own runs).
+pub async fn pages_of_schedules(
+    db: &impl ConnectionTrait,
+    schedule_ids: &[String],
+    user_id: Option<&str>,
+    first: u64,
+    after: Option<&Cursor>,
+) -> Result<std::collections::HashMap<String, Page<execution::Model>>, DbErr> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{QuerySelect, QueryTrait, Statement};
+    let mut map: std::collections::HashMap<String, Page<execution::Model>> = schedule_ids
+        .iter()
+        .map(|id| {
+            (
+                id.clone(),
+                Page {
+                    rows: Vec::new(),
+                    has_next_page: false,
+                    has_previous_page: after.is_some(),
+                },
+            )
+        })
+        .collect();
+    if schedule_ids.is_empty() {
+        return Ok(map);
+    }
+    let mut cond = Condition::all().add(execution::Column::ScheduleId.is_in(schedule_ids.iter().cloned()));
+    if let Some(u) = user_id {
+        cond = cond.add(execution::Column::UserId.eq(u));
+    }
+    if let Some(c) = after {
+        cond = cond.add(
+            Condition::any().add(execution::Column::CreatedAt.lt(c.created_at)).add(
+                Condition::all()
+                    .add(execution::Column::CreatedAt.eq(c.created_at))
+                    .add(execution::Column::Id.lt(c.id.clone())),
+            ),
+        );
+    }
+    let backend = db.get_database_backend();
+    let inner = execution::Entity::find()
+        .filter(cond)
+        .expr_as(
+            Expr::cust(r#"ROW_NUMBER() OVER (PARTITION BY "scheduleId" ORDER BY "createdAt" DESC, "id" DESC)"#),
+            "rn",
+        )
+        .build(backend);
+    let sql = format!(
+        r#"SELECT * FROM ({}) AS ranked WHERE rn <= {} ORDER BY "scheduleId", rn"#,
+        inner.sql,
+        first + 1
+    );
+    let rows = execution::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            sql,
+            inner.values.map(|v| v.0).unwrap_or_default(),
+        ))
+        .all(db)
+        .await?;
+    for row in rows {
+        let Some(page) = row.schedule_id.as_ref().and_then(|s| map.get_mut(s)) else {
+            continue;
+        };
+        if page.rows.len() as u64 == first {
+            page.has_next_page = true;
+        } else {
+            page.rows.push(row);
+        }
+    }
+    Ok(map)
 }

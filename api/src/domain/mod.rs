@@ -1,9 +1,11 @@
 //! Plain service functions over `&impl ConnectionTrait`: what the API does to
 //! the data, independent of GraphQL. Callers check access first (`access.rs`).
 
+pub mod cron;
 pub mod drives;
 pub mod executions;
 pub mod pagination;
+pub mod schedules;
 pub mod steps;
 pub mod templates;
 pub mod users;

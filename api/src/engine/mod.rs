@@ -1,4 +1,5 @@
-//! Running executions: prompt rendering, conditions and the agents that steps call.
+//! Running executions: prompt rendering, conditions and the agents that steps
+//! call; the scheduler that starts runs of schedules when they come due.
 
 pub mod agents;
 pub mod condition;
@@ -6,4 +7,5 @@ pub mod definition;
 pub mod prompt;
 pub mod relay;
 pub mod runner;
+pub mod scheduler;
 pub mod state;

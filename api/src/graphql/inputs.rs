@@ -178,3 +178,26 @@ pub fn context_object(ctx: Option<Json<Value>>, limits: &DataLimits) -> ApiResul
         Some(_) => Err(ApiError::bad_input("context: must be a JSON object")),
     }
 }
+
+#[derive(InputObject)]
+pub struct CreateWorkflowScheduleInput {
+    pub template_id: ID,
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first.
+    pub cron: String,
+    /// An IANA time zone name; `UTC` when left out.
+    pub timezone: Option<String>,
+    /// The context every run starts with (a JSON object; `{}` when left out).
+    pub context: Option<Json<Value>>,
+    #[graphql(default_with = "Some(true)")]
+    pub enabled: Option<bool>,
+}
+
+/// Fields left out stay as they are; `timezone: null` means `UTC`,
+/// `context: null` means `{}`.
+#[derive(InputObject)]
+pub struct UpdateWorkflowScheduleInput {
+    pub cron: Option<String>,
+    pub timezone: MaybeUndefined<String>,
+    pub context: MaybeUndefined<Json<Value>>,
+    pub enabled: Option<bool>,
+}

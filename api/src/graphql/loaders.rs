@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use chrono::NaiveDateTime;
 use entity::{
     drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step,
-    workflow_step as step, workflow_template as template, workflow_template_version as version,
+    workflow_schedule as schedule, workflow_step as step, workflow_template as template,
+    workflow_template_version as version,
 };
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::domain;
+use crate::domain::pagination::{Cursor, Page};
 
 pub type LoadError = Arc<DbErr>;
 
@@ -153,6 +156,73 @@ impl Loader<String> for MembersOfDrive {
     }
 }
 
+/// A template's schedules, newest first.
+pub struct SchedulesOfTemplate(pub DatabaseConnection);
+
+impl Loader<String> for SchedulesOfTemplate {
+    type Value = Vec<Arc<schedule::Model>>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = domain::schedules::of_templates(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for r in rows {
+            map.entry(r.template_id.clone()).or_default().push(Arc::new(r));
+        }
+        Ok(map)
+    }
+}
+
+/// One page of a schedule's runs: those started by `user_id` only when
+/// set, `first` of them after the cursor `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScheduleRunsKey {
+    pub schedule_id: String,
+    pub user_id: Option<String>,
+    pub first: u64,
+    pub after: Option<(NaiveDateTime, String)>,
+}
+
+/// Pages of schedules' runs: one statement for all the schedules that ask
+/// for the same page.
+pub struct RunsOfSchedule(pub DatabaseConnection);
+
+impl Loader<ScheduleRunsKey> for RunsOfSchedule {
+    type Value = Page<execution::Model>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[ScheduleRunsKey]) -> Result<HashMap<ScheduleRunsKey, Self::Value>, Self::Error> {
+        type Group = (Option<String>, u64, Option<(NaiveDateTime, String)>);
+        let mut groups: HashMap<Group, Vec<String>> = HashMap::new();
+        for k in keys {
+            groups
+                .entry((k.user_id.clone(), k.first, k.after.clone()))
+                .or_default()
+                .push(k.schedule_id.clone());
+        }
+        let mut out = HashMap::new();
+        for ((user_id, first, after), ids) in groups {
+            let cursor = after.clone().map(|(created_at, id)| Cursor { created_at, id });
+            let pages =
+                domain::executions::pages_of_schedules(&self.0, &ids, user_id.as_deref(), first, cursor.as_ref())
+                    .await
+                    .map_err(Arc::new)?;
+            for (schedule_id, page) in pages {
+                out.insert(
+                    ScheduleRunsKey {
+                        schedule_id,
+                        user_id: user_id.clone(),
+                        first,
+                        after: after.clone(),
+                    },
+                    page,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// All loaders of one request (or one WebSocket connection).
 pub struct Loaders {
     pub users: Cached<UserLoader>,
@@ -165,9 +235,11 @@ pub struct Loaders {
     pub executions: Cached<ExecutionLoader>,
     pub retries_of: Cached<RetriesOf>,
     pub versions_of_template: Cached<VersionsOfTemplate>,
+    pub schedules_of_template: Cached<SchedulesOfTemplate>,
+    pub runs_of_schedule: Cached<RunsOfSchedule>,
 }
 
-fn loader<T: Loader<String>>(inner: T, cache: bool) -> Cached<T> {
+fn loader<T>(inner: T, cache: bool) -> Cached<T> {
     let l = DataLoader::with_cache(inner, tokio::spawn, HashMapCache::default());
     l.enable_all_cache(cache);
     l
@@ -187,11 +259,9 @@ impl Loaders {
             members_of_drive: loader(MembersOfDrive(db.clone()), cache),
             executions: loader(ExecutionLoader(db.clone()), cache),
             retries_of: loader(RetriesOf(db.clone()), cache),
-            versions_of_template: {
-                let l = DataLoader::with_cache(VersionsOfTemplate(db.clone()), tokio::spawn, HashMapCache::default());
-                l.enable_all_cache(cache);
-                l
-            },
+            versions_of_template: loader(VersionsOfTemplate(db.clone()), cache),
+            schedules_of_template: loader(SchedulesOfTemplate(db.clone()), cache),
+            runs_of_schedule: loader(RunsOfSchedule(db.clone()), cache),
         }
     }
 

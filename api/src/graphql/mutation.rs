@@ -9,6 +9,8 @@ use entity::DriveRole;
 use super::inputs::*;
 use super::types::*;
 use super::{RequestCtx, SchemaData};
+use crate::domain::cron::Schedule;
+use crate::domain::schedules::{self, NewSchedule, ScheduleChanges};
 use crate::domain::steps::check_references;
 use crate::domain::templates::{NewTemplate, TemplateChanges};
 use crate::domain::validation as v;
@@ -403,6 +405,95 @@ impl Mutation {
         let row = engine(ctx).cancel(&exec.id).await?;
         Ok(WorkflowExecution::new(row))
     }
+
+    /// Schedules runs of a template, started as the viewer (MEMBER or higher
+    /// who can see the template).
+    async fn create_workflow_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWorkflowScheduleInput,
+    ) -> Result<WorkflowSchedule> {
+        let r = rctx(ctx);
+        let template = visible_template(r, &input.template_id).await?;
+        r.access.check_create_schedule(&template)?;
+        let schedule = Schedule::parse("input.", &input.cron, input.timezone.as_deref().unwrap_or("UTC"))?;
+        let context = context_object(input.context, limits(ctx))?;
+        let row = schedules::create(
+            &r.db,
+            NewSchedule {
+                template,
+                created_by: r.viewer.id.clone(),
+                schedule,
+                context,
+                enabled: input.enabled.unwrap_or(true),
+            },
+        )
+        .await
+        .map_err(ApiError::from)?;
+        Ok(WorkflowSchedule(Arc::new(row)))
+    }
+
+    /// Changes a schedule (its creator, or ADMIN/OWNER).
+    async fn update_workflow_schedule(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateWorkflowScheduleInput,
+    ) -> Result<WorkflowSchedule> {
+        let r = rctx(ctx);
+        let (current, template) = visible_schedule(r, &id).await?;
+        r.access.check_change_schedule(&current, &template)?;
+        let cron = input.cron.as_deref().unwrap_or(&current.cron);
+        let timezone = match &input.timezone {
+            async_graphql::MaybeUndefined::Undefined => current.timezone.as_str(),
+            async_graphql::MaybeUndefined::Null => "UTC",
+            async_graphql::MaybeUndefined::Value(tz) => tz.as_str(),
+        };
+        let schedule = Schedule::parse("input.", cron, timezone)?;
+        let context = match input.context {
+            async_graphql::MaybeUndefined::Undefined => None,
+            async_graphql::MaybeUndefined::Null => Some(serde_json::json!({})),
+            async_graphql::MaybeUndefined::Value(c) => Some(context_object(Some(c), limits(ctx))?),
+        };
+        let timing_changed = schedule.expression() != current.cron || schedule.timezone() != current.timezone;
+        let row = schedules::update(
+            &r.db,
+            &current,
+            ScheduleChanges {
+                schedule,
+                timing_changed,
+                context,
+                enabled: input.enabled,
+            },
+        )
+        .await
+        .map_err(ApiError::from)?;
+        r.loaders.templates.feed_one(template.id.clone(), template).await;
+        Ok(WorkflowSchedule(Arc::new(row)))
+    }
+
+    /// Deletes a schedule (its creator, or ADMIN/OWNER); its runs stay, with
+    /// `scheduleId` null. Returns its id.
+    async fn delete_workflow_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let r = rctx(ctx);
+        let (current, template) = visible_schedule(r, &id).await?;
+        r.access.check_change_schedule(&current, &template)?;
+        if !schedules::delete(&r.db, &id).await.map_err(ApiError::from)? {
+            return Err(ApiError::not_found("workflow schedule", &id).into());
+        }
+        Ok(id)
+    }
+}
+
+/// The schedule and its template, if the viewer may see the template.
+async fn visible_schedule(
+    r: &RequestCtx,
+    id: &str,
+) -> ApiResult<(entity::workflow_schedule::Model, entity::workflow_template::Model)> {
+    schedules::find_with_template(&r.db, id)
+        .await?
+        .filter(|(_, t)| r.access.can_see_schedule(t))
+        .ok_or_else(|| ApiError::not_found("workflow schedule", id))
 }
 
 /// The execution, if it exists and the viewer may act on it.

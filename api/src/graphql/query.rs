@@ -8,7 +8,7 @@ use super::types::*;
 use crate::domain::executions::ExecutionFilter;
 use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, page_size};
 use crate::domain::templates::TemplateFilter;
-use crate::domain::{self, drives, executions, templates, users};
+use crate::domain::{self, drives, executions, schedules, templates, users};
 use crate::error::ApiError;
 
 pub struct Query;
@@ -152,6 +152,63 @@ impl Query {
             nodes: page.rows.into_iter().map(WorkflowExecution::new).collect(),
             count_condition: Some(cond),
         })
+    }
+
+    /// A drive's schedules whose templates the viewer may see, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn workflow_schedules(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WorkflowScheduleConnection> {
+        let r = rctx(ctx);
+        let first = page_size(first)?;
+        let after = after.as_deref().map(Cursor::decode).transpose()?;
+        let Some(cond) = schedules::list_condition(&drive_id, &r.access.schedule_scope(&drive_id)) else {
+            return Ok(WorkflowScheduleConnection {
+                nodes: Vec::new(),
+                cursors: Vec::new(),
+                page_info: empty_page_info(),
+                count_condition: None,
+            });
+        };
+        let page = schedules::list(&r.db, cond.clone(), first, after.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        let cursors: Vec<String> = page.rows.iter().map(|s| Cursor::encode(s.created_at, &s.id)).collect();
+        Ok(WorkflowScheduleConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                has_previous_page: page.has_previous_page,
+                start_cursor: cursors.first().cloned(),
+                end_cursor: cursors.last().cloned(),
+            },
+            cursors,
+            nodes: page
+                .rows
+                .into_iter()
+                .map(|s| WorkflowSchedule(std::sync::Arc::new(s)))
+                .collect(),
+            count_condition: Some(cond),
+        })
+    }
+
+    /// A schedule, when the viewer may see its template.
+    async fn workflow_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowSchedule>> {
+        let r = rctx(ctx);
+        let Some((row, template)) = schedules::find_with_template(&r.db, &id)
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Ok(None);
+        };
+        if !r.access.can_see_schedule(&template) {
+            return Ok(None);
+        }
+        r.loaders.templates.feed_one(template.id.clone(), template).await;
+        Ok(Some(WorkflowSchedule(std::sync::Arc::new(row))))
     }
 
     async fn workflow_execution(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowExecution>> {

@@ -3,11 +3,12 @@
 
 use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, NaiveDateTime, Utc};
+use entity::workflow_schedule as schedule;
 use entity::{drive, drive_member, user, workflow_execution as execution, workflow_execution_step as exec_step};
 use entity::{workflow_step as step, workflow_template as template, workflow_template_version as version};
 use std::sync::Arc;
 
-use sea_orm::Condition;
+use sea_orm::{ColumnTrait, Condition};
 
 use super::json::StoredJson;
 use super::{RequestCtx, loaders::LoadError};
@@ -295,6 +296,18 @@ impl WorkflowTemplate {
             .unwrap_or_default();
         Ok(rows.into_iter().map(WorkflowStep).collect())
     }
+    /// The template's schedules, newest first.
+    async fn schedules(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowSchedule>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let rows = r
+            .loaders
+            .schedules_of_template
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default();
+        Ok(rows.into_iter().map(WorkflowSchedule).collect())
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
     }
@@ -533,6 +546,15 @@ impl WorkflowExecution {
     async fn error_message(&self) -> Option<&str> {
         self.0.error_message.as_deref()
     }
+    /// The schedule that started this run; null for runs started by hand
+    /// (and once the schedule is deleted).
+    async fn schedule_id(&self) -> Option<ID> {
+        self.0.schedule_id.clone().map(ID)
+    }
+    /// For a scheduled run, the due time it was started for.
+    async fn scheduled_for(&self) -> Option<DateTime<Utc>> {
+        self.0.scheduled_for.map(utc)
+    }
     /// Ordered by `stepOrder`.
     async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowExecutionStep>> {
         // An event carries the steps as they were after it: no query per
@@ -624,6 +646,138 @@ impl WorkflowExecutionStep {
     }
 }
 
+/// Shared with the request's DataLoader cache, like `WorkflowStep`.
+#[derive(Clone)]
+pub struct WorkflowSchedule(pub Arc<schedule::Model>);
+
+#[Object]
+impl WorkflowSchedule {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn template_id(&self) -> ID {
+        ID(self.0.template_id.clone())
+    }
+    async fn template(&self, ctx: &Context<'_>) -> Result<WorkflowTemplate> {
+        load_template(ctx, &self.0.template_id).await
+    }
+    async fn drive_id(&self) -> ID {
+        ID(self.0.drive_id.clone())
+    }
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first.
+    async fn cron(&self) -> &str {
+        &self.0.cron
+    }
+    /// The IANA time zone the cron expression is read in.
+    async fn timezone(&self) -> &str {
+        &self.0.timezone
+    }
+    /// The context every run starts with.
+    async fn context(&self) -> StoredJson<'_> {
+        StoredJson(&self.0.context)
+    }
+    async fn enabled(&self) -> bool {
+        self.0.enabled
+    }
+    /// The next due time; null while disabled.
+    async fn next_run_at(&self) -> Option<DateTime<Utc>> {
+        self.0.next_run_at.map(utc)
+    }
+    /// When the schedule last started a run.
+    async fn last_run_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_run_at.map(utc)
+    }
+    /// Why the last due time started no run; null after a run started.
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+    async fn created_by(&self) -> ID {
+        ID(self.0.created_by.clone())
+    }
+    /// The user runs start as.
+    async fn creator(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.created_by).await
+    }
+    /// The next `count` (0..=100) due times after now, whether or not the
+    /// schedule is enabled.
+    async fn next_runs(&self, #[graphql(default = 5)] count: i32) -> Result<Vec<DateTime<Utc>>> {
+        if !(0..=100).contains(&count) {
+            return Err(ApiError::bad_input("count: must be between 0 and 100").into());
+        }
+        let spec = crate::domain::cron::Schedule::parse("", &self.0.cron, &self.0.timezone)?;
+        Ok(spec
+            .upcoming(crate::domain::now(), count as usize)
+            .into_iter()
+            .map(utc)
+            .collect())
+    }
+    /// The runs this schedule started that the viewer may see (their own;
+    /// every one for ADMIN/OWNER), newest first.
+    #[graphql(complexity = "super::query::page_complexity(first, child_complexity)")]
+    async fn executions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WorkflowExecutionConnection> {
+        use crate::domain::pagination::{Cursor, page_size};
+        let r = ctx.data_unchecked::<RequestCtx>();
+        let first = page_size(first)?;
+        let after = after.as_deref().map(Cursor::decode).transpose()?;
+        let Some(user_id) = r.access.schedule_runs_filter(&self.0.drive_id) else {
+            return Ok(WorkflowExecutionConnection {
+                nodes: Vec::new(),
+                cursors: Vec::new(),
+                page_info: PageInfo {
+                    has_next_page: false,
+                    has_previous_page: after.is_some(),
+                    start_cursor: None,
+                    end_cursor: None,
+                },
+                count_condition: None,
+            });
+        };
+        let mut count_condition = Condition::all().add(execution::Column::ScheduleId.eq(self.0.id.clone()));
+        if let Some(u) = &user_id {
+            count_condition = count_condition.add(execution::Column::UserId.eq(u.clone()));
+        }
+        let page = r
+            .loaders
+            .runs_of_schedule
+            .load_one(super::loaders::ScheduleRunsKey {
+                schedule_id: self.0.id.clone(),
+                user_id,
+                first,
+                after: after.map(|c| (c.created_at, c.id)),
+            })
+            .await
+            .map_err(load_err)?
+            .ok_or_else(|| missing("runs of schedule", &self.0.id))?;
+        let cursors: Vec<String> = page
+            .rows
+            .iter()
+            .map(|e| crate::domain::pagination::Cursor::encode(e.created_at, &e.id))
+            .collect();
+        Ok(WorkflowExecutionConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                has_previous_page: page.has_previous_page,
+                start_cursor: cursors.first().cloned(),
+                end_cursor: cursors.last().cloned(),
+            },
+            cursors,
+            nodes: page.rows.into_iter().map(WorkflowExecution::new).collect(),
+            count_condition: Some(count_condition),
+        })
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct PageInfo {
     pub has_next_page: bool,
@@ -683,6 +837,12 @@ connection!(
     WorkflowTemplateEdge,
     WorkflowTemplate,
     crate::domain::templates::count
+);
+connection!(
+    WorkflowScheduleConnection,
+    WorkflowScheduleEdge,
+    WorkflowSchedule,
+    crate::domain::schedules::count
 );
 connection!(
     WorkflowExecutionConnection,

@@ -12,6 +12,7 @@ mod observability;
 mod openai;
 mod permissions;
 mod props;
+mod schedules;
 mod schema_db;
 mod schema_file;
 mod statements;

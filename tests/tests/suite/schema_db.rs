@@ -63,7 +63,14 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
 
 /// The foreign keys the roadmap's features add (API.md "Beyond the design's
 /// first version"), each with its rule and its index.
-const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 4] = [
+const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 5] = [
+    (
+        "workflow_executions",
+        "scheduleId",
+        "workflow_schedules",
+        "SET NULL",
+        "workflow_executions_schedule_id_idx",
+    ),
     (
         "workflow_templates",
         "parentTemplateId",

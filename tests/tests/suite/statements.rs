@@ -257,3 +257,77 @@ async fn versions_and_retry_links_use_a_constant_number_of_statements() {
     assert_eq!(small, large, "retry links: 3 -> {small}, 12 -> {large}");
     assert!(large <= 5, "{large} statements for executions with their retry links");
 }
+
+const SCHEDULES: &str = "query($d: ID!, $first: Int) {
+  workflowSchedules(driveId: $d, first: $first) {
+    nodes {
+      id cron nextRunAt
+      template { id name }
+      creator { id name }
+      executions(first: 5) { nodes { id scheduleId status } }
+    }
+  }
+  workflowTemplates(driveId: $d, first: $first) { nodes { id schedules { id cron } } }
+}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_lists_use_a_constant_number_of_statements() {
+    // No background scheduler: the one look below fires every schedule once.
+    let app = TestApp::spawn_with(|c| c.schedule_poll_ms = 0).await;
+    let owner = app.user("owner").await;
+    let member = app.user("member").await;
+    let drive = create_drive(&app, &owner, "Scheduled").await;
+    add_member(&app, &owner, &drive, "member", "MEMBER").await;
+    let mut templates = Vec::new();
+    for i in 0..20 {
+        let t = create_template(
+            &app,
+            &owner,
+            &drive,
+            json!({ "name": format!("T{i}"), "isPublic": true, "steps": [echo("one")] }),
+        )
+        .await;
+        templates.push(t["id"].as_str().unwrap().to_owned());
+    }
+    for (i, t) in templates.iter().enumerate() {
+        let token = if i % 2 == 0 { &owner } else { &member };
+        let s = crate::schedules::create(&app, token, json!({ "templateId": t, "cron": "0 0 1 1 *" })).await;
+        crate::schedules::make_due(app.db(), s["id"].as_str().unwrap(), chrono::Duration::minutes(5)).await;
+    }
+    assert_eq!(app.state.scheduler.tick().await.unwrap(), 20);
+
+    let mut counts = Vec::new();
+    for first in [5, 20] {
+        let mut best = u64::MAX;
+        for _ in 0..3 {
+            let before = app.statements();
+            let data = app.ok(&owner, SCHEDULES, json!({ "d": drive, "first": first })).await;
+            best = best.min(app.statements() - before);
+            let nodes = data["workflowSchedules"]["nodes"].as_array().unwrap();
+            assert_eq!(nodes.len(), first);
+            for s in nodes {
+                assert!(
+                    s["template"]["name"].is_string() && s["creator"]["name"].is_string(),
+                    "{s}"
+                );
+                let runs = s["executions"]["nodes"].as_array().unwrap();
+                assert_eq!(runs.len(), 1, "{s}");
+                assert_eq!(runs[0]["scheduleId"], s["id"]);
+            }
+            let templates = data["workflowTemplates"]["nodes"].as_array().unwrap();
+            assert!(
+                templates.iter().all(|t| t["schedules"].as_array().unwrap().len() == 1),
+                "{data}"
+            );
+        }
+        counts.push(best);
+    }
+    println!("statements: schedules 5 -> {}, 20 -> {}", counts[0], counts[1]);
+    assert_eq!(
+        counts[0], counts[1],
+        "statement count grows with the page size: {counts:?}"
+    );
+    // Memberships, the schedule page, templates, creators, runs, the
+    // template page, its schedules.
+    assert!(counts[1] <= 7, "{} statements", counts[1]);
+}

@@ -67,8 +67,21 @@ pub struct Launch {
     /// The context it starts with (`initialContext`).
     pub context: Value,
     pub retry_of: Option<String>,
+    /// The schedule and due time a scheduled run is started for.
+    pub schedule: Option<(String, NaiveDateTime)>,
     /// Its step records, in `stepOrder`.
     pub steps: Vec<Seed>,
+}
+
+/// A run's first rows, made by `Engine::prepare` and not yet written.
+pub struct NewRun {
+    event: ExecutionEvent,
+}
+
+impl NewRun {
+    pub fn execution(&self) -> &execution::Model {
+        &self.event.execution
+    }
 }
 
 /// One step record of a new run.
@@ -190,6 +203,15 @@ impl Engine {
 
     pub fn relay(&self) -> Option<&Arc<Relay>> {
         self.relay.as_ref()
+    }
+
+    /// Cancelled when the instance starts shutting down: start nothing new.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     fn lease_until(&self) -> NaiveDateTime {

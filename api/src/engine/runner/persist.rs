@@ -195,11 +195,28 @@ impl Engine {
     /// per step to run, carrying a copy of its definition, and those a retry
     /// reuses as they ended — then runs it in the background.
     pub async fn start(self: &Arc<Self>, launch: Launch) -> ApiResult<execution::Model> {
+        let run = self.prepare(launch)?;
+        if self.relay.is_some() {
+            // PostgreSQL: one statement, atomic by itself.
+            self.insert_run(&self.db, &run).await?;
+        } else {
+            let txn = self.db.begin().await?;
+            self.insert_run(&txn, &run).await?;
+            txn.commit().await?;
+        }
+        Ok(self.run_inserted(run).await)
+    }
+
+    /// The rows of a new run, not yet written: `insert_run` writes them (in
+    /// the caller's transaction, if it has one), and `run_inserted` runs
+    /// them once committed.
+    pub fn prepare(&self, launch: Launch) -> ApiResult<NewRun> {
         if launch.steps.is_empty() {
             return Err(ApiError::bad_input("templateId: the template has no steps to run"));
         }
         let at = now();
         let id = new_id();
+        let (schedule_id, scheduled_for) = launch.schedule.unzip();
         // The context as the reused steps left it: the starting context plus
         // their inputs and outputs, in step order.
         let mut context = launch.context.clone();
@@ -270,19 +287,31 @@ impl Engine {
             lease_expires_at: Some(self.lease_until()),
             template_version: launch.version,
             retry_of_execution_id: launch.retry_of,
+            schedule_id,
+            scheduled_for,
             created_at: at,
             updated_at: at,
         };
-        let event = ExecutionEvent {
-            kind: EventKind::ExecutionUpdated,
-            sequence: 1,
-            at,
-            execution: Arc::new(exec.clone()),
-            steps: Arc::new(records),
-            step: None,
-            delta: None,
-        };
-        let insert_exec = execution::Entity::insert(execution::ActiveModel::from(exec.clone()));
+        Ok(NewRun {
+            event: ExecutionEvent {
+                kind: EventKind::ExecutionUpdated,
+                sequence: 1,
+                at,
+                execution: Arc::new(exec),
+                steps: Arc::new(records),
+                step: None,
+                delta: None,
+            },
+        })
+    }
+
+    /// Writes a prepared run's execution and step records on `conn`. On
+    /// SQLite these are two statements: give a transaction. On PostgreSQL
+    /// they and the note to other instances are one statement (the note is
+    /// delivered when the surrounding transaction commits).
+    pub async fn insert_run(&self, conn: &impl ConnectionTrait, run: &NewRun) -> Result<(), DbErr> {
+        let event = &run.event;
+        let insert_exec = execution::Entity::insert(execution::ActiveModel::from((*event.execution).clone()));
         let insert_steps =
             exec_step::Entity::insert_many(event.steps.iter().cloned().map(exec_step::ActiveModel::from));
         match &self.relay {
@@ -298,7 +327,7 @@ impl Engine {
                 let sql_steps = shift_placeholders(&s_sql, values.len());
                 values.extend(s_values.0);
                 values.push(
-                    serde_json::to_string(&Note::of(&relay.instance, &event))
+                    serde_json::to_string(&Note::of(&relay.instance, event))
                         .expect("note")
                         .into(),
                 );
@@ -307,17 +336,22 @@ impl Engine {
                     relay::CHANNEL,
                     values.len()
                 );
-                self.db
-                    .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                conn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
                     .await?;
             }
             None => {
-                let txn = self.db.begin().await?;
-                insert_exec.exec_without_returning(&txn).await?;
-                insert_steps.exec_without_returning(&txn).await?;
-                txn.commit().await?;
+                insert_exec.exec_without_returning(conn).await?;
+                insert_steps.exec_without_returning(conn).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Publishes a run's first event and runs it in the background; call
+    /// once its rows are committed.
+    pub async fn run_inserted(self: &Arc<Self>, run: NewRun) -> execution::Model {
+        let event = run.event;
+        let exec = (*event.execution).clone();
         let state = RunState::new(event.execution.clone(), event.steps.clone());
         let live = self.live(&exec.id);
         {
@@ -326,7 +360,7 @@ impl Engine {
             self.bus.publish(event);
         }
         self.spawn(exec.id.clone(), Some(state));
-        Ok(exec)
+        exec
     }
 
     /// Sends the event to other instances (PostgreSQL only).
