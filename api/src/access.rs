@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use entity::{DriveRole, workflow_execution, workflow_schedule, workflow_template};
+use entity::{
+    DriveRole, StepStatus, workflow_execution, workflow_execution_step, workflow_schedule, workflow_template,
+};
+
+use crate::engine::definition::{ApprovalRule, StepDefinition};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -151,6 +155,56 @@ impl Access {
         }
     }
 
+    /// Who may decide on a step under `rule` (API.md "Approvals"): a drive
+    /// member of at least `minRole` (default MEMBER), or only the listed
+    /// `userIds`; the user who started the run only with `allowStarter`.
+    pub fn may_decide(&self, rule: &ApprovalRule, e: &workflow_execution::Model) -> bool {
+        let Some(role) = self.role(&e.drive_id) else {
+            return false;
+        };
+        if e.user_id == self.user_id && !rule.allow_starter {
+            return false;
+        }
+        match &rule.user_ids {
+            Some(ids) => ids.iter().any(|id| id == &self.user_id),
+            None => role >= rule.min_role.unwrap_or(DriveRole::Member),
+        }
+    }
+
+    /// Who sees a run: those of `can_see_execution`, and the eligible
+    /// approvers of a step it awaits or awaited (reached: not PENDING, or the
+    /// step it is paused at).
+    pub fn can_see_execution_with_steps(
+        &self,
+        e: &workflow_execution::Model,
+        steps: &[workflow_execution_step::Model],
+    ) -> bool {
+        self.can_see_execution(e)
+            || steps.iter().any(|s| {
+                let reached = s.status != StepStatus::Pending || e.current_step_order == Some(s.step_order);
+                reached && approval_rule(s).is_some_and(|rule| self.may_decide(&rule, e))
+            })
+    }
+
+    /// Deciding on a run's step: `NOT_FOUND` when the run is invisible,
+    /// `FORBIDDEN` when visible but the viewer may not decide.
+    pub fn check_decide(
+        &self,
+        rule: &ApprovalRule,
+        e: &workflow_execution::Model,
+        steps: &[workflow_execution_step::Model],
+    ) -> ApiResult<()> {
+        if self.may_decide(rule, e) {
+            Ok(())
+        } else if self.can_see_execution_with_steps(e, steps) {
+            Err(ApiError::Forbidden(
+                "you may not decide on this step: its approval rule does not name you (or you started the run)".into(),
+            ))
+        } else {
+            Err(ApiError::not_found("workflow execution", &e.id))
+        }
+    }
+
     pub fn check_act_on_execution(&self, e: &workflow_execution::Model) -> ApiResult<()> {
         if self.can_see_execution(e) {
             Ok(())
@@ -234,4 +288,10 @@ impl Access {
             )),
         }
     }
+}
+
+/// The approval rule of a step record's definition, if it has one.
+pub fn approval_rule(s: &workflow_execution_step::Model) -> Option<ApprovalRule> {
+    let def: StepDefinition = serde_json::from_value(s.definition.clone()?).ok()?;
+    def.approval
 }

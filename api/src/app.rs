@@ -132,6 +132,7 @@ impl Application {
         let settings = EngineSettings {
             lease: Duration::from_secs(config.lease_seconds.max(1)),
             sweep: Duration::from_secs(config.sweep_seconds.max(1)),
+            max_parallel_steps: config.max_parallel_steps.max(1),
         };
         let engine = Engine::new(db.clone(), agents.clone(), bus, settings);
         // Limits first: runs taken over in the background obey them too.

@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "SWEEP_SECONDS", default_value_t = 5)]
     pub sweep_seconds: u64,
 
+    /// Steps of one run in flight at once in a parallel group; the rest of
+    /// the group waits its turn.
+    #[arg(long, env = "MAX_PARALLEL_STEPS", default_value_t = 8)]
+    pub max_parallel_steps: usize,
+
     /// On SIGTERM/Ctrl-C, seconds steps in flight may take to finish before
     /// their runs are handed to another instance.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
@@ -235,6 +240,7 @@ impl Config {
             database_max_connections: 16,
             lease_seconds: 30,
             sweep_seconds: 5,
+            max_parallel_steps: 8,
             shutdown_grace_seconds: 10,
             schedule_poll_ms: 1000,
             event_buffer: 1024,

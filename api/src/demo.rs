@@ -30,6 +30,8 @@ pub async fn seed_if_empty(db: &DatabaseConnection) -> anyhow::Result<()> {
         input_schema: None,
         metadata: None,
         condition: None,
+        parallel_group: None,
+        approval: None,
     };
     let mut docs = step(
         "Generate documentation based on review: {{step_0_output.text}} and security analysis: {{step_1_output.text}}. Detail: {{input.detailLevel}}",

@@ -13,6 +13,15 @@ pub enum EventKind {
     ExecutionUpdated,
     StepUpdated,
     StepOutputDelta,
+    /// A decision on a step awaiting approval.
+    ApprovalDecided,
+}
+
+impl EventKind {
+    /// Events that carry the step they are about.
+    pub fn is_about_a_step(self) -> bool {
+        matches!(self, EventKind::StepUpdated | EventKind::ApprovalDecided)
+    }
 }
 
 /// One change to an execution, with its state after the change.

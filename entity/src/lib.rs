@@ -7,6 +7,7 @@ pub mod sea_orm_active_enums;
 pub mod tags;
 pub mod user;
 pub mod workflow_execution;
+pub mod workflow_execution_approval;
 pub mod workflow_execution_step;
 pub mod workflow_schedule;
 pub mod workflow_step;

@@ -45,6 +45,7 @@ pub enum StepStatus {
 /// reads as "member or higher".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "UPPERCASE")]
 pub enum DriveRole {
     #[sea_orm(string_value = "VIEWER")]
     Viewer,

@@ -22,6 +22,12 @@ pub struct Model {
     /// JSON Logic evaluated over the accumulated context; false skips the step.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub condition: Option<Json>,
+    /// Adjacent steps sharing a group run side by side.
+    #[sea_orm(column_name = "parallelGroup")]
+    pub parallel_group: Option<String>,
+    /// Who must approve the step before it runs (`{required, minRole, userIds, allowStarter}`).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub approval: Option<Json>,
     #[sea_orm(column_name = "createdAt")]
     pub created_at: DateTime,
     #[sea_orm(column_name = "updatedAt")]

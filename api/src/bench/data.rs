@@ -292,6 +292,8 @@ pub async fn load(db: &DatabaseConnection, size: DataSize) -> Result<(), DbErr> 
                 "retry": { "maxAttempts": 1 + (i + s) % 3, "backoffMs": 500 }
             }))),
             condition: Set(None),
+            parallel_group: Set(None),
+            approval: Set(None),
             created_at: Set(created),
             updated_at: Set(created + Duration::days(i64::from(i % 7))),
         })

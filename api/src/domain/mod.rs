@@ -1,6 +1,7 @@
 //! Plain service functions over `&impl ConnectionTrait`: what the API does to
 //! the data, independent of GraphQL. Callers check access first (`access.rs`).
 
+pub mod approvals;
 pub mod cron;
 pub mod drives;
 pub mod executions;

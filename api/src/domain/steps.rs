@@ -25,6 +25,9 @@ pub struct NewStep {
     pub input_schema: Option<Value>,
     pub metadata: Option<Value>,
     pub condition: Option<Value>,
+    pub parallel_group: Option<String>,
+    /// An `ApprovalRule` as JSON.
+    pub approval: Option<Value>,
 }
 
 /// Validated changes; `None` leaves a field, `Some(None)` clears a JSON field.
@@ -36,6 +39,8 @@ pub struct StepChanges {
     pub input_schema: Option<Option<Value>>,
     pub metadata: Option<Option<Value>>,
     pub condition: Option<Option<Value>>,
+    pub parallel_group: Option<Option<String>>,
+    pub approval: Option<Option<Value>>,
 }
 
 impl From<&step::Model> for NewStep {
@@ -47,6 +52,8 @@ impl From<&step::Model> for NewStep {
             input_schema: s.input_schema.clone(),
             metadata: s.metadata.clone(),
             condition: s.condition.clone(),
+            parallel_group: s.parallel_group.clone(),
+            approval: s.approval.clone(),
         }
     }
 }
@@ -63,6 +70,8 @@ impl NewStep {
             input_schema: self.input_schema,
             metadata: self.metadata,
             condition: self.condition,
+            parallel_group: self.parallel_group,
+            approval: self.approval,
             created_at: at,
             updated_at: at,
         }
@@ -107,6 +116,34 @@ pub fn check_template_size(total: usize, max: usize) -> ApiResult<()> {
 
 fn field_for_step(order: i32) -> String {
     format!("steps[{order}].promptTemplate")
+}
+
+/// Checks the parallel groups of a template's steps, in their final order.
+pub fn check_groups(steps: &[step::Model]) -> ApiResult<()> {
+    let view: Vec<validation::GroupedStep<'_>> = steps
+        .iter()
+        .map(|s| validation::GroupedStep {
+            prompt: &s.prompt_template,
+            group: s.parallel_group.as_deref(),
+            requires_input: s.requires_user_input,
+            approval: s.approval.is_some(),
+        })
+        .collect();
+    validation::parallel_groups(&view)
+}
+
+/// Checks new steps' parallel groups, in their order.
+pub fn check_new_groups(steps: &[NewStep]) -> ApiResult<()> {
+    let view: Vec<validation::GroupedStep<'_>> = steps
+        .iter()
+        .map(|s| validation::GroupedStep {
+            prompt: &s.prompt_template,
+            group: s.parallel_group.as_deref(),
+            requires_input: s.requires_user_input,
+            approval: s.approval.is_some(),
+        })
+        .collect();
+    validation::parallel_groups(&view)
 }
 
 /// Checks a whole template's prompts, in their final order.
@@ -228,6 +265,7 @@ pub async fn add(
     steps.insert(position as usize, row.clone());
     check_template_size(steps.iter().map(model_bytes).sum(), max_bytes)?;
     check_references(steps.iter().map(|s| s.prompt_template.as_str()))?;
+    check_groups(&steps)?;
     // Shift the later steps (the new row already sits at its index), then fill the gap.
     renumber(&txn, &steps, at).await?;
     step::Entity::insert(step::ActiveModel::from(row.clone()))
@@ -267,6 +305,12 @@ pub async fn update(
     if let Some(v) = changes.condition {
         next.condition = v;
     }
+    if let Some(v) = changes.parallel_group {
+        next.parallel_group = v;
+    }
+    if let Some(v) = changes.approval {
+        next.approval = v;
+    }
     next.updated_at = now();
     let total = steps
         .iter()
@@ -286,6 +330,11 @@ pub async fn update(
             s.prompt_template.as_str()
         }
     }))?;
+    let after: Vec<step::Model> = steps
+        .iter()
+        .map(|s| if s.id == next.id { next.clone() } else { s.clone() })
+        .collect();
+    check_groups(&after)?;
     step::Entity::update(step::ActiveModel {
         id: sea_orm::ActiveValue::Unchanged(next.id.clone()),
         agent_id: Set(next.agent_id.clone()),
@@ -294,6 +343,8 @@ pub async fn update(
         input_schema: Set(next.input_schema.clone()),
         metadata: Set(next.metadata.clone()),
         condition: Set(next.condition.clone()),
+        parallel_group: Set(next.parallel_group.clone()),
+        approval: Set(next.approval.clone()),
         updated_at: Set(next.updated_at),
         ..Default::default()
     })
@@ -310,6 +361,7 @@ pub async fn delete(db: &DatabaseConnection, current: &step::Model, editor: &str
     let (txn, steps) = begin(db, &current.workflow_template_id).await?;
     let remaining: Vec<step::Model> = steps.into_iter().filter(|s| s.id != current.id).collect();
     check_references(remaining.iter().map(|s| s.prompt_template.as_str()))?;
+    check_groups(&remaining)?;
     step::Entity::delete_by_id(current.id.clone()).exec(&txn).await?;
     renumber(&txn, &remaining, now()).await?;
     versions::store_current(&txn, &current.workflow_template_id, editor).await?;
@@ -345,6 +397,7 @@ pub async fn reorder(db: &DatabaseConnection, template_id: &str, ids: &[String],
         .filter_map(|id| steps.iter().find(|s| &s.id == id).cloned())
         .collect();
     check_references(ordered.iter().map(|s| s.prompt_template.as_str()))?;
+    check_groups(&ordered)?;
     renumber(&txn, &ordered, now()).await?;
     versions::store_current(&txn, template_id, editor).await?;
     txn.commit().await?;

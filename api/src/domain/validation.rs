@@ -159,6 +159,56 @@ pub fn step_references(steps: &[OrderedPrompt<'_>], field_of: impl Fn(i32) -> St
     Ok(())
 }
 
+/// One step of a template as the parallel-group rules see it, in order.
+pub struct GroupedStep<'a> {
+    pub prompt: &'a str,
+    pub group: Option<&'a str>,
+    pub requires_input: bool,
+    pub approval: bool,
+}
+
+/// API.md "Parallel steps": a group's steps are adjacent, none of them waits
+/// for input or approval, and no prompt in a group names the output of a
+/// step in the same group (they run at the same time).
+pub fn parallel_groups(steps: &[GroupedStep<'_>]) -> ApiResult<()> {
+    let mut ended: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut previous: Option<&str> = None;
+    for (i, s) in steps.iter().enumerate() {
+        if previous != s.group {
+            if let Some(p) = previous {
+                ended.insert(p);
+            }
+        }
+        previous = s.group;
+        let Some(group) = s.group else { continue };
+        if ended.contains(group) {
+            return Err(ApiError::bad_input(format!(
+                "steps[{i}].parallelGroup: the steps of group '{group}' must be adjacent"
+            )));
+        }
+        if s.requires_input || s.approval {
+            return Err(ApiError::bad_input(format!(
+                "steps[{i}].parallelGroup: a step of group '{group}' cannot wait for user input or approval"
+            )));
+        }
+        for p in prompt::placeholders(s.prompt) {
+            if let Some((prompt::StepRef::Output, k)) = prompt::step_reference(p.path) {
+                let same = usize::try_from(k)
+                    .ok()
+                    .and_then(|k| steps.get(k))
+                    .is_some_and(|other| other.group == Some(group));
+                if same {
+                    return Err(ApiError::bad_input(format!(
+                        "steps[{i}].promptTemplate: '{{{{{}}}}}' names the output of step {k}, which runs at the same time in group '{group}'",
+                        p.path
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Validates `input` against a step's `inputSchema`, listing every problem.
 pub fn user_input(schema: Option<&Value>, input: &Value) -> ApiResult<()> {
     let Some(schema) = schema else { return Ok(()) };

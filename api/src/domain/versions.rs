@@ -226,6 +226,8 @@ pub async fn restore(
             input_schema: d.input_schema,
             metadata: d.metadata,
             condition: d.condition,
+            parallel_group: d.parallel_group,
+            approval: d.approval.map(|a| serde_json::to_value(a).expect("rule serializes")),
             created_at: existing.map_or(at, |c| c.created_at),
             updated_at: at,
         };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use entity::workflow_step;
+use entity::{DriveRole, workflow_step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +20,35 @@ pub struct StepDefinition {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub condition: Option<Value>,
+    /// Adjacent steps sharing a group run side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_group: Option<String>,
+    /// Who must approve the step before it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRule>,
+}
+
+/// Who may decide on a step that needs approval, and how many must approve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRule {
+    /// Approvals needed (at least 1); one rejection fails the step.
+    pub required: u32,
+    /// Drive members of at least this role decide (default MEMBER)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_role: Option<DriveRole>,
+    /// …or only these users, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ids: Option<Vec<String>>,
+    /// Whether the user who started the run may decide.
+    #[serde(default)]
+    pub allow_starter: bool,
+}
+
+impl ApprovalRule {
+    pub fn from_json(v: &Value) -> Option<Self> {
+        serde_json::from_value(v.clone()).ok()
+    }
 }
 
 impl From<&workflow_step::Model> for StepDefinition {
@@ -31,6 +60,8 @@ impl From<&workflow_step::Model> for StepDefinition {
             input_schema: s.input_schema.clone(),
             metadata: s.metadata.clone(),
             condition: s.condition.clone(),
+            parallel_group: s.parallel_group.clone(),
+            approval: s.approval.as_ref().and_then(ApprovalRule::from_json),
         }
     }
 }

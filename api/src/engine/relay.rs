@@ -33,7 +33,8 @@ pub struct Note {
     pub e: String,
     pub d: String,
     pub s: i64,
-    /// E: execution updated, S: step updated, D: delta, C: cancel request.
+    /// E: execution updated, S: step updated, D: delta, A: approval decided,
+    /// C: cancel request.
     pub k: char,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t: Option<String>,
@@ -54,12 +55,20 @@ pub struct Patch {
     pub a: Option<chrono::NaiveDateTime>,
     #[serde(default)]
     pub e: ExecPatch,
-    /// The step record the change wrote, and what it wrote there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s: Option<StepPatch>,
-    /// Values left out for their size, to be read from the rows.
+    /// Values of the execution left out for their size, to be read from its row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub r: Vec<Field>,
+    /// The step records the change wrote, and what it wrote there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub s: Vec<StepChange>,
+}
+
+/// What a change wrote to one step record.
+#[derive(Default, Serialize, Deserialize)]
+pub struct StepChange {
+    pub t: String,
+    pub p: StepPatch,
+    /// Values left out for their size, to be read from the step's row.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub r: Vec<Field>,
 }
@@ -84,41 +93,35 @@ pub fn unchanged() -> Box<RawValue> {
 /// The change as a note's patch: whole when it is small, else without its
 /// large values (named in `r`). Large values are serialized only up to the
 /// limit, so a megabyte of output costs no megabyte here.
-pub fn patch(at: chrono::NaiveDateTime, exec: &ExecPatch, step: Option<(&str, &StepPatch)>) -> Box<RawValue> {
+pub fn patch(at: chrono::NaiveDateTime, exec: &ExecPatch, steps: &[(&str, &StepPatch)]) -> Box<RawValue> {
     #[derive(Serialize)]
     struct Whole<'a> {
         a: chrono::NaiveDateTime,
         e: &'a ExecPatch,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        t: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        s: Option<&'a StepPatch>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        s: Vec<StepRef<'a>>,
     }
-    let (t, step) = (step.map(|(id, _)| id), step.map(|(_, sp)| sp));
+    #[derive(Serialize)]
+    struct StepRef<'a> {
+        t: &'a str,
+        p: &'a StepPatch,
+    }
     let mut out = Bounded(Vec::with_capacity(256));
     let whole = Whole {
         a: at,
         e: exec,
-        t,
-        s: step,
+        s: steps.iter().map(|(t, p)| StepRef { t, p }).collect(),
     };
     if serde_json::to_writer(&mut out, &whole).is_ok() {
         let text = String::from_utf8(out.0).expect("JSON is UTF-8");
         return RawValue::from_string(text).expect("valid JSON");
     }
     let mut r = Vec::new();
-    let left_out = [
-        (exec.context_add.is_some(), Field::Context),
-        (exec.error_message.is_some(), Field::Error),
-        (step.is_some_and(|s| s.agent_input.is_some()), Field::AgentInput),
-        (step.is_some_and(|s| s.agent_output.is_some()), Field::AgentOutput),
-        (step.is_some_and(|s| s.user_input.is_some()), Field::UserInput),
-        (step.is_some_and(|s| s.error_message.is_some()), Field::StepError),
-    ];
-    for (present, field) in left_out {
-        if present {
-            r.push(field);
-        }
+    if exec.context_add.is_some() {
+        r.push(Field::Context);
+    }
+    if exec.error_message.is_some() {
+        r.push(Field::Error);
     }
     let e = ExecPatch {
         status: exec.status,
@@ -133,19 +136,33 @@ pub fn patch(at: chrono::NaiveDateTime, exec: &ExecPatch, step: Option<(&str, &S
         error_message: None,
         lease: None,
     };
-    let s = step.map(|sp| StepPatch {
-        status: sp.status,
-        started_at: sp.started_at,
-        completed_at: sp.completed_at,
-        ..Default::default()
-    });
-    let patch = Patch {
-        a: Some(at),
-        e,
-        t: t.map(str::to_owned),
-        s,
-        r,
-    };
+    let s = steps
+        .iter()
+        .map(|(t, sp)| {
+            let mut r = Vec::new();
+            for (present, field) in [
+                (sp.agent_input.is_some(), Field::AgentInput),
+                (sp.agent_output.is_some(), Field::AgentOutput),
+                (sp.user_input.is_some(), Field::UserInput),
+                (sp.error_message.is_some(), Field::StepError),
+            ] {
+                if present {
+                    r.push(field);
+                }
+            }
+            StepChange {
+                t: (*t).to_owned(),
+                p: StepPatch {
+                    status: sp.status,
+                    started_at: sp.started_at,
+                    completed_at: sp.completed_at,
+                    ..Default::default()
+                },
+                r,
+            }
+        })
+        .collect();
+    let patch = Patch { a: Some(at), e, r, s };
     let text = serde_json::to_string(&patch).expect("patch serializes");
     RawValue::from_string(text).expect("valid JSON")
 }
@@ -185,6 +202,7 @@ impl Note {
             EventKind::ExecutionUpdated | EventKind::Snapshot => 'E',
             EventKind::StepUpdated => 'S',
             EventKind::StepOutputDelta => 'D',
+            EventKind::ApprovalDecided => 'A',
         }
     }
 
@@ -193,6 +211,7 @@ impl Note {
             'E' => Some(EventKind::ExecutionUpdated),
             'S' => Some(EventKind::StepUpdated),
             'D' => Some(EventKind::StepOutputDelta),
+            'A' => Some(EventKind::ApprovalDecided),
             _ => None,
         }
     }

@@ -89,16 +89,16 @@ impl RunState {
     }
 
     /// The rows after a change stored as event `sequence` at `at`; the step
-    /// record it changed, as it now is. `owner` is the instance that holds
-    /// the lease when the patch takes it.
+    /// records it changed, as they now are. `owner` is the instance that
+    /// holds the lease when the patch takes it.
     pub fn apply(
         &mut self,
         p: &ExecPatch,
-        step: Option<(usize, &StepPatch)>,
+        steps: &[(usize, &StepPatch)],
         sequence: i64,
         at: NaiveDateTime,
         owner: &str,
-    ) -> Option<exec_step::Model> {
+    ) -> Vec<exec_step::Model> {
         let e = Arc::make_mut(&mut self.exec);
         if let Some(s) = p.status {
             e.status = s;
@@ -133,31 +133,11 @@ impl RunState {
         e.sequence = sequence;
         e.sequence_reserved = sequence;
         e.updated_at = at;
-        let (idx, sp) = step?;
-        let s = &mut Arc::make_mut(&mut self.steps)[idx];
-        if let Some(v) = sp.status {
-            s.status = v;
+        let mut changed = Vec::with_capacity(steps.len());
+        for (idx, sp) in steps {
+            changed.push(apply_step(&mut Arc::make_mut(&mut self.steps)[*idx], sp, at));
         }
-        if sp.agent_input.is_some() {
-            s.agent_input = sp.agent_input.clone();
-        }
-        if sp.agent_output.is_some() {
-            s.agent_output = sp.agent_output.clone();
-        }
-        if sp.user_input.is_some() {
-            s.user_input = sp.user_input.clone();
-        }
-        if sp.started_at.is_some() {
-            s.started_at = sp.started_at;
-        }
-        if sp.completed_at.is_some() {
-            s.completed_at = sp.completed_at;
-        }
-        if sp.error_message.is_some() {
-            s.error_message = sp.error_message.clone();
-        }
-        s.updated_at = at;
-        Some(s.clone())
+        changed
     }
 
     /// The rows as they were when the run was created (its first event),
@@ -208,4 +188,31 @@ impl RunState {
             .collect();
         Self::new(Arc::new(e), Arc::new(steps))
     }
+}
+
+/// One step record after a change to it.
+fn apply_step(s: &mut exec_step::Model, sp: &StepPatch, at: NaiveDateTime) -> exec_step::Model {
+    if let Some(v) = sp.status {
+        s.status = v;
+    }
+    if sp.agent_input.is_some() {
+        s.agent_input = sp.agent_input.clone();
+    }
+    if sp.agent_output.is_some() {
+        s.agent_output = sp.agent_output.clone();
+    }
+    if sp.user_input.is_some() {
+        s.user_input = sp.user_input.clone();
+    }
+    if sp.started_at.is_some() {
+        s.started_at = sp.started_at;
+    }
+    if sp.completed_at.is_some() {
+        s.completed_at = sp.completed_at;
+    }
+    if sp.error_message.is_some() {
+        s.error_message = sp.error_message.clone();
+    }
+    s.updated_at = at;
+    s.clone()
 }

@@ -67,6 +67,63 @@ pub struct WorkflowStepInput {
     pub input_schema: Option<Json<Value>>,
     pub metadata: Option<Json<Value>>,
     pub condition: Option<Json<Value>>,
+    /// Adjacent steps sharing a group run side by side.
+    pub parallel_group: Option<String>,
+    /// Who must approve the step before it runs.
+    pub approval: Option<WorkflowApprovalRuleInput>,
+}
+
+/// Who may decide on a step, and how many approvals it needs.
+#[derive(InputObject)]
+pub struct WorkflowApprovalRuleInput {
+    /// At least 1.
+    pub required: i32,
+    /// Drive members of at least this role decide (default MEMBER)…
+    pub min_role: Option<super::types::DriveRoleGql>,
+    /// …or only these users (each a member of the drive).
+    pub user_ids: Option<Vec<ID>>,
+    /// Whether the user who started the run may decide.
+    #[graphql(default_with = "Some(false)")]
+    pub allow_starter: Option<bool>,
+}
+
+impl WorkflowApprovalRuleInput {
+    fn validate(self, field: &str) -> ApiResult<Value> {
+        if self.required < 1 {
+            return Err(ApiError::bad_input(format!("{field}.required: must be at least 1")));
+        }
+        let user_ids = self.user_ids.map(|ids| {
+            let mut ids: Vec<String> = ids.into_iter().map(|i| i.0).collect();
+            ids.dedup();
+            ids
+        });
+        if user_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ApiError::bad_input(format!(
+                "{field}.userIds: name at least one user, or leave it out to let roles decide"
+            )));
+        }
+        if let Some(ids) = &user_ids {
+            if (self.required as usize) > ids.len() {
+                return Err(ApiError::bad_input(format!(
+                    "{field}.required: {} approvals can never come from {} listed users",
+                    self.required,
+                    ids.len()
+                )));
+            }
+        }
+        let rule = crate::engine::definition::ApprovalRule {
+            required: self.required as u32,
+            min_role: self.min_role.map(Into::into),
+            user_ids,
+            allow_starter: self.allow_starter.unwrap_or(false),
+        };
+        Ok(serde_json::to_value(rule).expect("rule serializes"))
+    }
+}
+
+/// A group name: trimmed, non-empty, at most 100 characters; blank is none.
+fn parallel_group(field: &str, raw: Option<String>) -> ApiResult<Option<String>> {
+    v::optional_text(field, raw, 100)
 }
 
 #[derive(InputObject)]
@@ -77,6 +134,8 @@ pub struct UpdateWorkflowStepInput {
     pub input_schema: MaybeUndefined<Json<Value>>,
     pub metadata: MaybeUndefined<Json<Value>>,
     pub condition: MaybeUndefined<Json<Value>>,
+    pub parallel_group: MaybeUndefined<String>,
+    pub approval: MaybeUndefined<WorkflowApprovalRuleInput>,
 }
 
 /// JSON `null` given for a JSON field means "none".
@@ -118,6 +177,11 @@ impl WorkflowStepInput {
             input_schema,
             metadata,
             condition,
+            parallel_group: parallel_group(&format!("{field}.parallelGroup"), self.parallel_group)?,
+            approval: self
+                .approval
+                .map(|a| a.validate(&format!("{field}.approval")))
+                .transpose()?,
         })
     }
 }
@@ -143,6 +207,16 @@ impl UpdateWorkflowStepInput {
         if let Some(Some(c)) = &condition {
             v::condition("input.condition", c)?;
         }
+        let group = match self.parallel_group {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(g) => Some(parallel_group("input.parallelGroup", Some(g))?),
+        };
+        let approval = match self.approval {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(a) => Some(Some(a.validate("input.approval")?)),
+        };
         Ok(StepChanges {
             agent_id: self.agent_id,
             prompt_template: self.prompt_template,
@@ -150,6 +224,8 @@ impl UpdateWorkflowStepInput {
             input_schema,
             metadata,
             condition,
+            parallel_group: group,
+            approval,
         })
     }
 }

@@ -43,6 +43,23 @@ by_id_loader!(TemplateLoader, template::Model, domain::templates::find_many);
 by_id_loader!(StepLoader, step::Model, domain::steps::find_many);
 by_id_loader!(ExecutionLoader, execution::Model, domain::executions::find_many);
 
+/// The decisions on each step record, oldest first.
+pub struct ApprovalsOfStep(pub DatabaseConnection);
+
+impl Loader<String> for ApprovalsOfStep {
+    type Value = Vec<entity::workflow_execution_approval::Model>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = domain::approvals::of_steps(&self.0, keys).await.map_err(Arc::new)?;
+        let mut map: HashMap<String, Self::Value> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for r in rows {
+            map.entry(r.execution_step_id.clone()).or_default().push(r);
+        }
+        Ok(map)
+    }
+}
+
 /// The executions that retry each execution, oldest first.
 pub struct RetriesOf(pub DatabaseConnection);
 
@@ -234,6 +251,7 @@ pub struct Loaders {
     pub members_of_drive: Cached<MembersOfDrive>,
     pub executions: Cached<ExecutionLoader>,
     pub retries_of: Cached<RetriesOf>,
+    pub approvals_of_step: Cached<ApprovalsOfStep>,
     pub versions_of_template: Cached<VersionsOfTemplate>,
     pub schedules_of_template: Cached<SchedulesOfTemplate>,
     pub runs_of_schedule: Cached<RunsOfSchedule>,
@@ -259,6 +277,7 @@ impl Loaders {
             members_of_drive: loader(MembersOfDrive(db.clone()), cache),
             executions: loader(ExecutionLoader(db.clone()), cache),
             retries_of: loader(RetriesOf(db.clone()), cache),
+            approvals_of_step: loader(ApprovalsOfStep(db.clone()), cache),
             versions_of_template: loader(VersionsOfTemplate(db.clone()), cache),
             schedules_of_template: loader(SchedulesOfTemplate(db.clone()), cache),
             runs_of_schedule: loader(RunsOfSchedule(db.clone()), cache),

@@ -53,6 +53,22 @@ impl RequestCtx {
     }
 }
 
+impl RequestCtx {
+    /// Whether the viewer sees the run: as `Access::can_see_execution` says,
+    /// or as an approver of a step it awaits or awaited (its step records
+    /// are read only then).
+    pub async fn sees_execution(&self, e: &entity::workflow_execution::Model) -> crate::error::ApiResult<bool> {
+        if self.access.can_see_execution(e) {
+            return Ok(true);
+        }
+        if self.access.role(&e.drive_id).is_none() {
+            return Ok(false);
+        }
+        let steps = crate::domain::executions::steps_of(&self.db, &[e.id.clone()]).await?;
+        Ok(self.access.can_see_execution_with_steps(e, &steps))
+    }
+}
+
 /// The schema with the default limits.
 pub fn build_schema(data: Option<SchemaData>) -> AppSchema {
     build_schema_with(data, &Limits::default())

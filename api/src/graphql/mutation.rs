@@ -154,6 +154,10 @@ impl Mutation {
         .map_err(|e| prefix_steps_field(e, "input."))?;
         check_references(new_steps.iter().map(|s| s.prompt_template.as_str()))
             .map_err(|e| prefix_steps_field(e, "input."))?;
+        steps::check_new_groups(&new_steps).map_err(|e| prefix_steps_field(e, "input."))?;
+        for (i, s) in new_steps.iter().enumerate() {
+            approvers_are_members(r, &input.drive_id, s.approval.as_ref(), &format!("input.steps[{i}]")).await?;
+        }
         let row = templates::create(
             &r.db,
             NewTemplate {
@@ -222,6 +226,7 @@ impl Mutation {
         let template = visible_template(r, &template_id).await?;
         r.access.check_change_template(&template)?;
         let new = input.validate("input", agents(ctx), limits(ctx))?;
+        approvers_are_members(r, &template.drive_id, new.approval.as_ref(), "input").await?;
         let row = steps::add(
             &r.db,
             &template.id,
@@ -244,6 +249,9 @@ impl Mutation {
         let (step, template) = visible_step(r, &id).await?;
         r.access.check_change_template(&template)?;
         let changes = input.validate(agents(ctx), limits(ctx))?;
+        if let Some(Some(rule)) = &changes.approval {
+            approvers_are_members(r, &template.drive_id, Some(rule), "input").await?;
+        }
         let row = steps::update(&r.db, &step, changes, limits(ctx).max_template_bytes, &r.viewer.id).await?;
         Ok(WorkflowStep(Arc::new(row)))
     }
@@ -398,6 +406,43 @@ impl Mutation {
         Ok(WorkflowExecution::new(row))
     }
 
+    /// Records the viewer's decision on the step the execution awaits
+    /// approval at: enough approvals resume it, one rejection fails it.
+    async fn decide_workflow_approval(
+        &self,
+        ctx: &Context<'_>,
+        execution_id: ID,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<WorkflowExecution> {
+        let r = rctx(ctx);
+        let exec = crate::domain::executions::find(&r.db, &execution_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("workflow execution", &execution_id))?;
+        if !r.sees_execution(&exec).await? {
+            return Err(ApiError::not_found("workflow execution", &execution_id).into());
+        }
+        let comment = description("comment", comment)?;
+        let name = users::find(&r.db, &r.viewer.id)
+            .await
+            .map_err(ApiError::from)?
+            .and_then(|u| u.name)
+            .unwrap_or_else(|| r.viewer.id.clone());
+        let decision = crate::engine::runner::Decision {
+            user_id: &r.viewer.id,
+            user_name: &name,
+            approve,
+            comment,
+        };
+        let row = engine(ctx)
+            .decide(&exec.id, decision, |rule, e, steps| {
+                r.access.check_decide(rule, e, steps)
+            })
+            .await?;
+        Ok(WorkflowExecution::new(row))
+    }
+
     /// Stops a RUNNING or PAUSED execution.
     async fn cancel_workflow_execution(&self, ctx: &Context<'_>, execution_id: ID) -> Result<WorkflowExecution> {
         let r = rctx(ctx);
@@ -503,6 +548,31 @@ async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workfl
         .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
     r.access.check_act_on_execution(&exec)?;
     Ok(exec)
+}
+
+/// A rule's `userIds` must each be a member of the drive when it is saved.
+async fn approvers_are_members(
+    r: &RequestCtx,
+    drive_id: &str,
+    approval: Option<&serde_json::Value>,
+    field: &str,
+) -> ApiResult<()> {
+    let Some(ids) = approval
+        .and_then(crate::engine::definition::ApprovalRule::from_json)
+        .and_then(|rule| rule.user_ids)
+    else {
+        return Ok(());
+    };
+    let members = drives::members_of(&r.db, &[drive_id.to_owned()]).await?;
+    let members = members.get(drive_id).map(Vec::as_slice).unwrap_or_default();
+    for id in ids {
+        if !members.iter().any(|m| m.user_id == id) {
+            return Err(ApiError::bad_input(format!(
+                "{field}.approval.userIds: {id} is not a member of this drive"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every agent a copied or restored template names must still be configured

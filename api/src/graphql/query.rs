@@ -58,6 +58,49 @@ impl Query {
             .collect()
     }
 
+    /// The PAUSED executions whose step awaits the viewer's decision (in one
+    /// drive, or every drive of the viewer), newest first.
+    async fn pending_workflow_approvals(
+        &self,
+        ctx: &Context<'_>,
+        drive_id: Option<ID>,
+    ) -> Result<Vec<WorkflowExecution>> {
+        let r = rctx(ctx);
+        let drives: Vec<String> = match drive_id {
+            Some(d) if r.access.can_see_drive(&d) => vec![d.0],
+            Some(_) => Vec::new(),
+            None => r.access.drive_ids(),
+        };
+        let candidates = domain::approvals::paused_at_steps(&r.db, &drives)
+            .await
+            .map_err(ApiError::from)?;
+        let with_rules: Vec<_> = candidates
+            .into_iter()
+            .filter_map(|(e, s)| {
+                let rule = crate::access::approval_rule(&s)?;
+                r.access.may_decide(&rule, &e).then_some((e, s, rule))
+            })
+            .collect();
+        let step_ids: Vec<String> = with_rules.iter().map(|(_, s, _)| s.id.clone()).collect();
+        let decisions = domain::approvals::of_steps(&r.db, &step_ids)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(with_rules
+            .into_iter()
+            .filter(|(_, s, rule)| {
+                let mine = decisions
+                    .iter()
+                    .any(|d| d.execution_step_id == s.id && d.user_id == r.viewer.id);
+                let approved = decisions
+                    .iter()
+                    .filter(|d| d.execution_step_id == s.id && d.approve)
+                    .count() as u32;
+                !mine && approved < rule.required
+            })
+            .map(|(e, _, _)| WorkflowExecution::new(e))
+            .collect())
+    }
+
     /// A drive's templates the viewer may see, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn workflow_templates(
@@ -225,7 +268,7 @@ impl Query {
         let Some((row, template)) = row.map_err(ApiError::from)? else {
             return Ok(None);
         };
-        if !r.access.can_see_execution(&row) {
+        if !r.sees_execution(&row).await? {
             return Ok(None);
         }
         if let Some(t) = template {

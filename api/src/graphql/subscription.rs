@@ -22,6 +22,7 @@ pub enum WorkflowExecutionEventKind {
     ExecutionUpdated,
     StepUpdated,
     StepOutputDelta,
+    ApprovalDecided,
 }
 
 impl From<EventKind> for WorkflowExecutionEventKind {
@@ -31,6 +32,7 @@ impl From<EventKind> for WorkflowExecutionEventKind {
             EventKind::ExecutionUpdated => Self::ExecutionUpdated,
             EventKind::StepUpdated => Self::StepUpdated,
             EventKind::StepOutputDelta => Self::StepOutputDelta,
+            EventKind::ApprovalDecided => Self::ApprovalDecided,
         }
     }
 }
@@ -55,7 +57,10 @@ impl WorkflowExecutionEvent {
     }
     /// For STEP_* kinds: the step the event is about.
     async fn step(&self) -> Option<WorkflowExecutionStep> {
-        self.0.step.clone().map(|s| WorkflowExecutionStep(Arc::new(s)))
+        self.0
+            .step
+            .clone()
+            .map(|s| WorkflowExecutionStep::of(Arc::new(s), &self.0.execution))
     }
     /// For STEP_OUTPUT_DELTA: the next piece of streamed output.
     async fn delta(&self) -> Option<&str> {
@@ -103,7 +108,11 @@ impl Subscription {
             return Ok(futures::stream::once(std::future::ready(WorkflowExecutionEvent(ev.clone()))).boxed());
         }
         let exec = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
-        if !exec.as_ref().is_some_and(|e| r.access.can_see_execution(e)) {
+        let visible = match &exec {
+            Some(e) => r.sees_execution(e).await?,
+            None => false,
+        };
+        if !visible {
             return Err(ApiError::not_found("workflow execution", &id).into());
         }
         if let Some(Render::Snapshot(seen)) = ctx.data_opt::<Render>() {

@@ -448,6 +448,18 @@ impl WorkflowStep {
     async fn condition(&self) -> Option<StoredJson<'_>> {
         self.0.condition.as_ref().map(StoredJson)
     }
+    /// Adjacent steps sharing a group run side by side.
+    async fn parallel_group(&self) -> Option<&str> {
+        self.0.parallel_group.as_deref()
+    }
+    /// Who must approve the step before it runs.
+    async fn approval(&self) -> Option<WorkflowApprovalRule> {
+        self.0
+            .approval
+            .as_ref()
+            .and_then(crate::engine::definition::ApprovalRule::from_json)
+            .map(Into::into)
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
     }
@@ -562,7 +574,7 @@ impl WorkflowExecution {
         if let Some(steps) = &self.1 {
             return Ok(steps
                 .iter()
-                .map(|s| WorkflowExecutionStep(Arc::new(s.clone())))
+                .map(|s| WorkflowExecutionStep::of(Arc::new(s.clone()), &self.0))
                 .collect());
         }
         let r = ctx.data_unchecked::<RequestCtx>();
@@ -573,7 +585,10 @@ impl WorkflowExecution {
             .await
             .map_err(load_err)?
             .unwrap_or_default();
-        Ok(rows.into_iter().map(WorkflowExecutionStep).collect())
+        Ok(rows
+            .into_iter()
+            .map(|s| WorkflowExecutionStep::of(s, &self.0))
+            .collect())
     }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
@@ -583,11 +598,103 @@ impl WorkflowExecution {
     }
 }
 
+impl WorkflowExecutionStep {
+    async fn decisions(&self, ctx: &Context<'_>) -> Result<Vec<entity::workflow_execution_approval::Model>> {
+        let r = ctx.data_unchecked::<RequestCtx>();
+        Ok(r.loaders
+            .approvals_of_step
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(load_err)?
+            .unwrap_or_default())
+    }
+}
+
 /// Shared with the request's DataLoader cache, like `WorkflowStep`.
-pub struct WorkflowExecutionStep(pub Arc<exec_step::Model>);
+/// The bool: the run is PAUSED at this step.
+pub struct WorkflowExecutionStep(pub Arc<exec_step::Model>, pub bool);
+
+impl WorkflowExecutionStep {
+    pub fn of(step: Arc<exec_step::Model>, exec: &execution::Model) -> Self {
+        let paused_here = exec.status == entity::ExecutionStatus::Paused
+            && exec.current_step_order == Some(step.step_order)
+            && step.status == entity::StepStatus::Pending;
+        Self(step, paused_here)
+    }
+}
+
+/// What a step the run is paused at waits for.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "WorkflowExecutionStepAwaiting")]
+pub enum Awaiting {
+    Approval,
+    Input,
+}
+
+/// Who may decide on a step, and how many approvals it needs.
+#[derive(SimpleObject)]
+pub struct WorkflowApprovalRule {
+    pub required: i32,
+    /// Drive members of at least this role decide (MEMBER when not set)…
+    pub min_role: Option<DriveRoleGql>,
+    /// …or only these users, when set.
+    pub user_ids: Option<Vec<ID>>,
+    pub allow_starter: bool,
+}
+
+impl From<crate::engine::definition::ApprovalRule> for WorkflowApprovalRule {
+    fn from(r: crate::engine::definition::ApprovalRule) -> Self {
+        Self {
+            required: r.required as i32,
+            min_role: r.min_role.map(Into::into),
+            user_ids: r.user_ids.map(|ids| ids.into_iter().map(ID).collect()),
+            allow_starter: r.allow_starter,
+        }
+    }
+}
+
+/// One person's decision on a step.
+pub struct WorkflowApproval(pub entity::workflow_execution_approval::Model);
+
+#[Object]
+impl WorkflowApproval {
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, &self.0.user_id).await
+    }
+    async fn approve(&self) -> bool {
+        self.0.approve
+    }
+    async fn comment(&self) -> Option<&str> {
+        self.0.comment.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+}
 
 #[Object]
 impl WorkflowExecutionStep {
+    /// While the run is PAUSED at this step: APPROVAL until enough people
+    /// approved, then INPUT when it also needs input; else null.
+    async fn awaiting(&self, ctx: &Context<'_>) -> Result<Option<Awaiting>> {
+        if !self.1 {
+            return Ok(None);
+        }
+        let def: Option<crate::engine::definition::StepDefinition> =
+            self.0.definition.clone().and_then(|d| serde_json::from_value(d).ok());
+        let Some(def) = def else { return Ok(None) };
+        if let Some(rule) = &def.approval {
+            let approved = self.decisions(ctx).await?.iter().filter(|d| d.approve).count() as u32;
+            if approved < rule.required {
+                return Ok(Some(Awaiting::Approval));
+            }
+        }
+        Ok((def.requires_user_input && self.0.user_input.is_none()).then_some(Awaiting::Input))
+    }
+    /// The decisions on this step, oldest first.
+    async fn approvals(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowApproval>> {
+        Ok(self.decisions(ctx).await?.into_iter().map(WorkflowApproval).collect())
+    }
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }

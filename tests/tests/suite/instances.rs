@@ -453,3 +453,51 @@ async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
         "d b a x"
     );
 }
+
+/// A run taken over in the middle of a parallel group re-runs only the
+/// group's steps that had not COMPLETED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(40, 250), pieces(40, 250), pieces(2, 0), pieces(2, 0)]).await;
+    let agents = agents_file(&url);
+    let mut a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([
+            {"agentId": "echo", "promptTemplate": "quick", "parallelGroup": "g"},
+            {"agentId": "slowpoke", "promptTemplate": "slow one", "parallelGroup": "g"},
+            {"agentId": "slowpoke", "promptTemplate": "slow two", "parallelGroup": "g"},
+            {"agentId": "echo", "promptTemplate": "after {{step_0_output.text}}"}
+        ]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({})).await;
+    wait_requests(&stub, 2).await;
+    let before = execution(&b, &owner, &id).await;
+    let statuses: Vec<&str> = before["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["COMPLETED", "RUNNING", "RUNNING", "PENDING"], "{before}");
+    a.kill9().await;
+
+    let done = wait_for(&b, &owner, &id, "COMPLETED", Duration::from_secs(30)).await;
+    assert_eq!(stub.request_count(), 4, "each interrupted step runs again, once");
+    assert_eq!(
+        done["steps"][0]["startedAt"], before["steps"][0]["startedAt"],
+        "a completed step never reruns"
+    );
+    for k in [1, 2] {
+        assert_ne!(done["steps"][k]["startedAt"], before["steps"][k]["startedAt"]);
+        assert_eq!(done["steps"][k]["agentOutput"]["text"], "one two ");
+    }
+    assert_eq!(done["steps"][3]["agentOutput"]["text"], "after quick");
+}

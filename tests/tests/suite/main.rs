@@ -10,6 +10,7 @@ mod instances;
 mod limits;
 mod observability;
 mod openai;
+mod parallel;
 mod permissions;
 mod props;
 mod schedules;

@@ -262,11 +262,12 @@ impl Engine {
                 let at = match patch.a {
                     Some(at) => {
                         self.read_left_out(&note.e, &mut patch).await?;
-                        let idx = patch
-                            .t
-                            .as_ref()
-                            .and_then(|t| copy.steps.iter().position(|s| &s.id == t));
-                        copy.apply(&patch.e, idx.zip(patch.s.as_ref()), note.s, at, "");
+                        let steps: Vec<(usize, &StepPatch)> = patch
+                            .s
+                            .iter()
+                            .filter_map(|c| copy.steps.iter().position(|s| s.id == c.t).map(|i| (i, &c.p)))
+                            .collect();
+                        copy.apply(&patch.e, &steps, note.s, at, "");
                         at
                     }
                     None => {
@@ -323,28 +324,19 @@ impl Engine {
                 }
             }
         }
-        let step_fields = [
-            Field::AgentInput,
-            Field::AgentOutput,
-            Field::UserInput,
-            Field::StepError,
-        ];
-        let (Some(t), Some(sp)) = (&patch.t, patch.s.as_mut()) else {
-            return Ok(());
-        };
-        if !step_fields.iter().any(|f| left_out.contains(f)) {
-            return Ok(());
-        }
-        let Some(row) = exec_step::Entity::find_by_id(t.clone()).one(&self.db).await? else {
-            return Ok(());
-        };
-        for field in left_out {
-            match field {
-                Field::AgentInput => sp.agent_input = row.agent_input.clone(),
-                Field::AgentOutput => sp.agent_output = row.agent_output.clone(),
-                Field::UserInput => sp.user_input = row.user_input.clone(),
-                Field::StepError => sp.error_message = row.error_message.clone(),
-                Field::Context | Field::Error => {}
+        for change in patch.s.iter_mut().filter(|c| !c.r.is_empty()) {
+            let Some(row) = exec_step::Entity::find_by_id(change.t.clone()).one(&self.db).await? else {
+                continue;
+            };
+            for field in std::mem::take(&mut change.r) {
+                let sp = &mut change.p;
+                match field {
+                    Field::AgentInput => sp.agent_input = row.agent_input.clone(),
+                    Field::AgentOutput => sp.agent_output = row.agent_output.clone(),
+                    Field::UserInput => sp.user_input = row.user_input.clone(),
+                    Field::StepError => sp.error_message = row.error_message.clone(),
+                    Field::Context | Field::Error => {}
+                }
             }
         }
         Ok(())

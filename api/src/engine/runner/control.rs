@@ -45,14 +45,15 @@ impl Engine {
                         lease: Some(Some(self.lease_until())),
                         ..Default::default()
                     },
-                    step: Some((
+                    steps: vec![(
                         idx,
                         StepPatch {
                             user_input: Some(input),
                             ..Default::default()
                         },
-                    )),
-                    events: &[EventKind::ExecutionUpdated],
+                    )],
+                    events: vec![EventKind::ExecutionUpdated],
+                    also: None,
                 },
             )
             .await?;
@@ -90,17 +91,26 @@ impl Engine {
             }
         }
         let at = now();
-        let running = state.steps.iter().position(|s| s.status == StepStatus::Running);
-        let change = Change {
-            expect: &[ExecutionStatus::Running, ExecutionStatus::Paused],
-            owned: false,
-            exec: ExecPatch {
+        // Every step in flight (several in a parallel group) is stopped.
+        let running: Vec<usize> = state
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.status == StepStatus::Running)
+            .map(|(i, _)| i)
+            .collect();
+        let mut change = Change::new(
+            &[ExecutionStatus::Running, ExecutionStatus::Paused],
+            false,
+            ExecPatch {
                 status: Some(ExecutionStatus::Cancelled),
                 lease: Some(None),
                 ..Default::default()
             },
-            step: running.map(|idx| {
-                (
+        );
+        for idx in running {
+            change = change
+                .step(
                     idx,
                     StepPatch {
                         status: Some(StepStatus::Failed),
@@ -109,13 +119,9 @@ impl Engine {
                         ..Default::default()
                     },
                 )
-            }),
-            events: if running.is_some() {
-                &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
-            } else {
-                &[EventKind::ExecutionUpdated]
-            },
-        };
+                .events(&[EventKind::StepUpdated]);
+        }
+        let change = change.events(&[EventKind::ExecutionUpdated]);
         if !self.apply(&mut seq, &mut state, change).await? {
             return Err(ApiError::Conflict("the execution has already finished".into()));
         }
@@ -192,4 +198,131 @@ fn not_paused(e: &execution::Model) -> ApiError {
         "the execution is {}, not PAUSED: there is no step waiting for input",
         status_name(e.status)
     ))
+}
+
+/// A person's decision on the step a run awaits approval at.
+pub struct Decision<'a> {
+    pub user_id: &'a str,
+    /// How the rejection message names them.
+    pub user_name: &'a str,
+    pub approve: bool,
+    pub comment: Option<String>,
+}
+
+impl Engine {
+    /// Records a decision on the step `id` is PAUSED at for approval (in the
+    /// change that numbers its APPROVAL_DECIDED event). The last approval
+    /// needed resumes the run; a rejection fails the step and the run. Of
+    /// two decisions racing for the run (or a decision and a cancel) the
+    /// first to commit wins; the other changes nothing and is `CONFLICT`.
+    /// `eligible` checks the viewer against the step's rule.
+    pub async fn decide(
+        self: &Arc<Self>,
+        id: &str,
+        decision: Decision<'_>,
+        eligible: impl FnOnce(
+            &crate::engine::definition::ApprovalRule,
+            &execution::Model,
+            &[exec_step::Model],
+        ) -> ApiResult<()>,
+    ) -> ApiResult<execution::Model> {
+        let live = self.live(id);
+        let mut seq = live.seq.lock().await;
+        let mut state = self
+            .load(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
+        let awaiting = || ApiError::Conflict("the execution is not awaiting an approval".into());
+        let idx = state.steps.iter().position(|s| {
+            state.exec.status == ExecutionStatus::Paused
+                && Some(s.step_order) == state.exec.current_step_order
+                && s.status == StepStatus::Pending
+        });
+        let Some(idx) = idx else {
+            return Err(awaiting());
+        };
+        let step = state.steps[idx].clone();
+        let Some(rule) = self.definition(&step).await?.approval else {
+            return Err(awaiting());
+        };
+        eligible(&rule, &state.exec, &state.steps)?;
+        let decided = domain::approvals::of_steps(&self.db, std::slice::from_ref(&step.id)).await?;
+        if decided.iter().any(|d| d.user_id == decision.user_id) {
+            return Err(ApiError::Conflict("you have already decided on this step".into()));
+        }
+        let approvals = decided.iter().filter(|d| d.approve).count() as u32;
+        if approvals >= rule.required {
+            return Err(awaiting()); // Approved; it waits for input now.
+        }
+        let at = now();
+        let insert = domain::approvals::insert(&step.id, decision.user_id, decision.approve, decision.comment.clone());
+        let resumes = decision.approve && approvals + 1 >= rule.required;
+        let change = if !decision.approve {
+            let message = match decision.comment.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                Some(c) => format!("step {} rejected by {}: {c}", step.step_order, decision.user_name),
+                None => format!("step {} rejected by {}", step.step_order, decision.user_name),
+            };
+            Change::new(
+                &[ExecutionStatus::Paused],
+                false,
+                ExecPatch {
+                    status: Some(ExecutionStatus::Failed),
+                    failed_at: Some(at),
+                    error_message: Some(message.clone()),
+                    lease: Some(None),
+                    ..Default::default()
+                },
+            )
+            .step(
+                idx,
+                StepPatch {
+                    status: Some(StepStatus::Failed),
+                    completed_at: Some(at),
+                    error_message: Some(message),
+                    ..Default::default()
+                },
+            )
+            .events(&[
+                EventKind::ApprovalDecided,
+                EventKind::StepUpdated,
+                EventKind::ExecutionUpdated,
+            ])
+        } else if resumes {
+            Change::new(
+                &[ExecutionStatus::Paused],
+                false,
+                ExecPatch {
+                    status: Some(ExecutionStatus::Running),
+                    lease: Some(Some(self.lease_until())),
+                    ..Default::default()
+                },
+            )
+            .step(idx, StepPatch::default())
+            .events(&[EventKind::ApprovalDecided, EventKind::ExecutionUpdated])
+        } else {
+            Change::new(&[ExecutionStatus::Paused], false, ExecPatch::default())
+                .step(idx, StepPatch::default())
+                .events(&[EventKind::ApprovalDecided])
+        };
+        let change = Change {
+            also: Some(insert),
+            ..change
+        };
+        let applied = match self.apply(&mut seq, &mut state, change).await {
+            Ok(applied) => applied,
+            Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(ApiError::Conflict("you have already decided on this step".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !applied {
+            return Err(awaiting());
+        }
+        drop(seq);
+        let exec = (*state.exec).clone();
+        if resumes {
+            self.spawn(id.to_owned(), Some(state));
+        }
+        Ok(exec)
+    }
 }

@@ -44,6 +44,8 @@ use crate::limits::DataLimits;
 
 mod cluster;
 mod control;
+pub use control::Decision;
+mod group;
 mod persist;
 mod step;
 
@@ -103,9 +105,37 @@ struct Change {
     /// Applied only while this instance holds the lease (the runner's writes).
     owned: bool,
     exec: ExecPatch,
-    step: Option<(usize, StepPatch)>,
-    /// Events to publish, in order, once committed.
-    events: &'static [EventKind],
+    /// Step records changed, by index (several when a group or cancel ends
+    /// steps together).
+    steps: Vec<(usize, StepPatch)>,
+    /// Events to publish, in order, once committed. The n-th event about a
+    /// step (STEP_UPDATED, APPROVAL_DECIDED) carries the n-th changed step.
+    events: Vec<EventKind>,
+    /// A row written with the change, only when it applies (a decision).
+    also: Option<sea_orm::sea_query::InsertStatement>,
+}
+
+impl Change {
+    fn new(expect: &'static [ExecutionStatus], owned: bool, exec: ExecPatch) -> Self {
+        Self {
+            expect,
+            owned,
+            exec,
+            steps: Vec::new(),
+            events: Vec::new(),
+            also: None,
+        }
+    }
+
+    fn step(mut self, idx: usize, patch: StepPatch) -> Self {
+        self.steps.push((idx, patch));
+        self
+    }
+
+    fn events(mut self, events: &[EventKind]) -> Self {
+        self.events.extend_from_slice(events);
+        self
+    }
 }
 
 enum AgentOutcome {
@@ -120,6 +150,8 @@ enum AgentOutcome {
 pub struct EngineSettings {
     pub lease: Duration,
     pub sweep: Duration,
+    /// Steps of one run in flight at once (`MAX_PARALLEL_STEPS`).
+    pub max_parallel_steps: usize,
 }
 
 impl Default for EngineSettings {
@@ -127,6 +159,7 @@ impl Default for EngineSettings {
         Self {
             lease: Duration::from_secs(30),
             sweep: Duration::from_secs(5),
+            max_parallel_steps: 8,
         }
     }
 }

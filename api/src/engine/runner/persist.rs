@@ -51,22 +51,42 @@ impl Engine {
                 merge_into_context(self.db.get_database_backend(), key, value),
             );
         }
-        let step_update = change.step.as_ref().map(|(idx, sp)| {
-            let step_row = exec_step::ActiveModel {
-                status: sp.status.map_or(NotSet, Set),
-                agent_input: sp.agent_input.clone().map_or(NotSet, |v| Set(Some(v))),
-                agent_output: sp.agent_output.clone().map_or(NotSet, |v| Set(Some(v))),
-                user_input: sp.user_input.clone().map_or(NotSet, |v| Set(Some(v))),
-                started_at: sp.started_at.map_or(NotSet, |t| Set(Some(t))),
-                completed_at: sp.completed_at.map_or(NotSet, |t| Set(Some(t))),
-                error_message: sp.error_message.clone().map_or(NotSet, |m| Set(Some(m))),
-                updated_at: Set(at),
-                ..Default::default()
-            };
-            exec_step::Entity::update_many()
-                .set(step_row)
-                .filter(exec_step::Column::Id.eq(state.steps[*idx].id.clone()))
-        });
+        let step_updates: Vec<_> = change
+            .steps
+            .iter()
+            .map(|(idx, sp)| {
+                let step_row = exec_step::ActiveModel {
+                    status: sp.status.map_or(NotSet, Set),
+                    agent_input: sp.agent_input.clone().map_or(NotSet, |v| Set(Some(v))),
+                    agent_output: sp.agent_output.clone().map_or(NotSet, |v| Set(Some(v))),
+                    user_input: sp.user_input.clone().map_or(NotSet, |v| Set(Some(v))),
+                    started_at: sp.started_at.map_or(NotSet, |t| Set(Some(t))),
+                    completed_at: sp.completed_at.map_or(NotSet, |t| Set(Some(t))),
+                    error_message: sp.error_message.clone().map_or(NotSet, |m| Set(Some(m))),
+                    updated_at: Set(at),
+                    ..Default::default()
+                };
+                exec_step::Entity::update_many()
+                    .set(step_row)
+                    .filter(exec_step::Column::Id.eq(state.steps[*idx].id.clone()))
+            })
+            .collect();
+        // Which changed step each event carries: the n-th event about a step
+        // the n-th changed step (the last one once they run out: a decision
+        // and the status change it makes are about the same step).
+        let mut about = change.steps.iter().map(|(idx, _)| *idx);
+        let mut last = None;
+        let carried: Vec<Option<usize>> = change
+            .events
+            .iter()
+            .map(|k| {
+                if !k.is_about_a_step() {
+                    return None;
+                }
+                last = about.next().or(last);
+                last
+            })
+            .collect();
         let notes: Vec<Note> = match &self.relay {
             Some(relay) => change
                 .events
@@ -78,18 +98,17 @@ impl Engine {
                     d: state.exec.drive_id.clone(),
                     s: base + i as i64 + 1,
                     k: Note::letter(*kind),
-                    t: (*kind == EventKind::StepUpdated)
-                        .then(|| change.step.as_ref().map(|(idx, _)| state.steps[*idx].id.clone()))
-                        .flatten(),
+                    t: carried[i].map(|idx| state.steps[idx].id.clone()),
                     x: None,
                     // The change goes with its first event; the state after
                     // the others is the same.
                     p: Some(if i == 0 {
-                        let step = change
-                            .step
-                            .as_ref()
-                            .map(|(idx, sp)| (state.steps[*idx].id.as_str(), sp));
-                        relay::patch(at, &change.exec, step)
+                        let steps: Vec<(&str, &StepPatch)> = change
+                            .steps
+                            .iter()
+                            .map(|(idx, sp)| (state.steps[*idx].id.as_str(), sp))
+                            .collect();
+                        relay::patch(at, &change.exec, &steps)
                     } else {
                         relay::unchanged()
                     }),
@@ -98,15 +117,19 @@ impl Engine {
             None => Vec::new(),
         };
         let applied = if self.db.get_database_backend() == DbBackend::Postgres {
-            self.write_in_one_statement(exec_update, step_update, &notes).await?
+            self.write_in_one_statement(exec_update, step_updates, change.also.clone(), &notes)
+                .await?
         } else {
             let txn = self.db.begin().await?;
             if exec_update.exec(&txn).await?.rows_affected == 0 {
                 txn.rollback().await?;
                 false
             } else {
-                if let Some(u) = step_update {
+                for u in step_updates {
                     u.exec(&txn).await?;
+                }
+                if let Some(insert) = &change.also {
+                    txn.execute(insert).await?;
                 }
                 txn.commit().await?;
                 true
@@ -117,15 +140,12 @@ impl Engine {
         }
 
         // The rows as now stored, built from what was just written.
-        let changed_step = state.apply(
-            &change.exec,
-            change.step.as_ref().map(|(idx, sp)| (*idx, sp)),
-            new_seq,
-            at,
-            &self.instance,
-        );
-        if let (Some(observe), Some(s)) = (self.step_observer.get(), &changed_step) {
-            observe(s);
+        let steps: Vec<(usize, &StepPatch)> = change.steps.iter().map(|(idx, sp)| (*idx, sp)).collect();
+        let changed_steps = state.apply(&change.exec, &steps, new_seq, at, &self.instance);
+        for s in &changed_steps {
+            if let Some(observe) = self.step_observer.get() {
+                observe(s);
+            }
         }
         *seq = Some(new_seq);
         for (i, kind) in change.events.iter().enumerate() {
@@ -135,11 +155,7 @@ impl Engine {
                 at,
                 execution: state.exec.clone(),
                 steps: state.steps.clone(),
-                step: if *kind == EventKind::StepUpdated {
-                    changed_step.clone()
-                } else {
-                    None
-                },
+                step: carried[i].map(|idx| state.steps[idx].clone()),
                 delta: None,
             };
             self.bus.publish(event);
@@ -161,7 +177,8 @@ impl Engine {
     pub(super) async fn write_in_one_statement(
         &self,
         exec_update: sea_orm::UpdateMany<execution::Entity>,
-        step_update: Option<sea_orm::UpdateMany<exec_step::Entity>>,
+        step_updates: Vec<sea_orm::UpdateMany<exec_step::Entity>>,
+        also: Option<sea_orm::sea_query::InsertStatement>,
         notes: &[Note],
     ) -> Result<bool, DbErr> {
         use sea_orm::QueryTrait;
@@ -171,12 +188,23 @@ impl Engine {
         let (e_sql, values) = e.build(PostgresQueryBuilder);
         let mut values = values.0;
         let mut sql = format!("WITH e AS ({e_sql})");
-        if let Some(u) = step_update {
+        for (n, u) in step_updates.into_iter().enumerate() {
             let mut u = u.into_query();
             u.and_where(Expr::cust("EXISTS (SELECT 1 FROM e)"));
             let (s_sql, s_values) = u.build(PostgresQueryBuilder);
-            sql.push_str(&format!(", s AS ({})", shift_placeholders(&s_sql, values.len())));
+            sql.push_str(&format!(", s{n} AS ({})", shift_placeholders(&s_sql, values.len())));
             values.extend(s_values.0);
+        }
+        if let Some(insert) = also {
+            // Only when the fenced update matched: INSERT … SELECT … WHERE.
+            let (a_sql, a_values) = insert.build(PostgresQueryBuilder);
+            let a_sql = a_sql.replacen(" VALUES (", " SELECT ", 1);
+            let a_sql = match a_sql.rfind(')') {
+                Some(end) => format!("{} WHERE EXISTS (SELECT 1 FROM e){}", &a_sql[..end], &a_sql[end + 1..]),
+                None => a_sql,
+            };
+            sql.push_str(&format!(", a AS ({})", shift_placeholders(&a_sql, values.len())));
+            values.extend(a_values.0);
         }
         let mut columns = vec!["e.id".to_owned()];
         for note in notes {

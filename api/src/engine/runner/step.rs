@@ -23,7 +23,7 @@ impl Engine {
                     error_message: Some(message.clone()),
                     ..Default::default()
                 },
-                step: Some((
+                steps: vec![(
                     idx,
                     StepPatch {
                         status: Some(StepStatus::Failed),
@@ -31,8 +31,9 @@ impl Engine {
                         error_message: Some(message),
                         ..Default::default()
                     },
-                )),
-                events: &[EventKind::StepUpdated, EventKind::ExecutionUpdated],
+                )],
+                events: vec![EventKind::StepUpdated, EventKind::ExecutionUpdated],
+                also: None,
             },
         )
         .await?;
@@ -74,8 +75,9 @@ impl Engine {
                             lease: Some(None),
                             ..Default::default()
                         },
-                        step: None,
-                        events: &[EventKind::ExecutionUpdated],
+                        steps: Vec::new(),
+                        events: vec![EventKind::ExecutionUpdated],
+                        also: None,
                     },
                 )
                 .await?;
@@ -94,6 +96,12 @@ impl Engine {
                     return Ok(());
                 }
             };
+            if let Some(group) = def.parallel_group.clone() {
+                if self.run_group(live, &mut state, idx, &group).await? {
+                    continue;
+                }
+                return Ok(());
+            }
 
             if let Some(rule) = &def.condition {
                 match condition::evaluate(rule, &state.exec.accumulated_context) {
@@ -137,7 +145,13 @@ impl Engine {
                 }
             }
 
-            if def.requires_user_input && step.user_input.is_none() {
+            // Approval comes before input: a person decides whether the step
+            // runs at all. A rejection fails the run where it is decided.
+            let approved = match &def.approval {
+                Some(rule) => domain::approvals::approvals_of(&self.db, &step.id).await? >= rule.required,
+                None => true,
+            };
+            if !approved || (def.requires_user_input && step.user_input.is_none()) {
                 self.write(
                     live,
                     &mut state,
@@ -151,8 +165,9 @@ impl Engine {
                             current_step_order: Some(Some(order)),
                             ..Default::default()
                         },
-                        step: None,
-                        events: &[EventKind::ExecutionUpdated],
+                        steps: Vec::new(),
+                        events: vec![EventKind::ExecutionUpdated],
+                        also: None,
                     },
                 )
                 .await?;
@@ -206,7 +221,7 @@ impl Engine {
                             current_step_order: Some(Some(order)),
                             ..Default::default()
                         },
-                        step: Some((
+                        steps: vec![(
                             idx,
                             StepPatch {
                                 status: Some(StepStatus::Running),
@@ -214,8 +229,9 @@ impl Engine {
                                 agent_input: Some(json!({"prompt": rendered, "agentId": def.agent_id})),
                                 ..Default::default()
                             },
-                        )),
-                        events: &[EventKind::StepUpdated],
+                        )],
+                        events: vec![EventKind::StepUpdated],
+                        also: None,
                     },
                 )
                 .await?;
@@ -223,10 +239,20 @@ impl Engine {
                 return Ok(());
             }
 
-            match self
-                .call_agent(live, &mut state, idx, agent.as_ref(), &def, &rendered)
-                .await?
-            {
+            let cell = tokio::sync::Mutex::new(state);
+            let outcome = self
+                .call_agent(
+                    live,
+                    &cell,
+                    idx,
+                    agent.as_ref(),
+                    &def,
+                    &rendered,
+                    &CancellationToken::new(),
+                )
+                .await?;
+            state = cell.into_inner();
+            match outcome {
                 AgentOutcome::Stopped => return Ok(()),
                 AgentOutcome::Failed(cause) => {
                     self.fail(live, &mut state, idx, format!("agent '{}': {cause}", def.agent_id))
@@ -274,14 +300,17 @@ impl Engine {
 
     /// Calls the agent under the step's timeout and retry policy, publishing
     /// streamed pieces as STEP_OUTPUT_DELTA events; stops at once on cancel.
+    /// `state` is shared with the other steps of a parallel group (each
+    /// takes it only to write); `stop` ends the call when the group fails.
     pub(super) async fn call_agent(
         &self,
         live: &Live,
-        state: &mut RunState,
+        state: &tokio::sync::Mutex<RunState>,
         idx: usize,
         agent: &dyn crate::engine::agents::Agent,
         def: &StepDefinition,
         rendered: &str,
+        stop: &CancellationToken,
     ) -> Result<AgentOutcome, DbErr> {
         let policy = def.attempts();
         let mut attempt = 1;
@@ -303,9 +332,10 @@ impl Engine {
                         biased;
                         _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
                         _ = self.abandon.cancelled() => return Ok(AgentOutcome::Stopped),
+                        _ = stop.cancelled() => return Ok(AgentOutcome::Stopped),
                         Some(piece) = rx.recv() => {
                             streamed = true;
-                            self.publish_delta(live, state, idx, piece).await?;
+                            self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
                         }
                         r = &mut call => break r,
                         _ = &mut deadline => break Err(AgentError::Retryable {
@@ -318,7 +348,7 @@ impl Engine {
             // Pieces sent just before the call returned.
             while let Ok(piece) = rx.try_recv() {
                 streamed = true;
-                self.publish_delta(live, state, idx, piece).await?;
+                self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
             }
             match result {
                 Ok(output) => return Ok(AgentOutcome::Done(output)),
@@ -336,6 +366,7 @@ impl Engine {
                     tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
                     tokio::select! {
                         _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
+                        _ = stop.cancelled() => return Ok(AgentOutcome::Stopped),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     if streamed {
@@ -344,19 +375,20 @@ impl Engine {
                         let applied = self
                             .write(
                                 live,
-                                state,
+                                &mut *state.lock().await,
                                 Change {
                                     expect: &[ExecutionStatus::Running],
                                     owned: true,
                                     exec: ExecPatch::default(),
-                                    step: Some((
+                                    steps: vec![(
                                         idx,
                                         StepPatch {
                                             started_at: Some(now()),
                                             ..Default::default()
                                         },
-                                    )),
-                                    events: &[EventKind::StepUpdated],
+                                    )],
+                                    events: vec![EventKind::StepUpdated],
+                                    also: None,
                                 },
                             )
                             .await?;
@@ -434,11 +466,12 @@ fn step_finished(
             completed_at: last.then_some(at),
             ..Default::default()
         },
-        step: Some((idx, step)),
+        steps: vec![(idx, step)],
         events: if last {
-            &[EventKind::StepUpdated, EventKind::ExecutionUpdated]
+            vec![EventKind::StepUpdated, EventKind::ExecutionUpdated]
         } else {
-            &[EventKind::StepUpdated]
+            vec![EventKind::StepUpdated]
         },
+        also: None,
     }
 }
