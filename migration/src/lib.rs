@@ -10,6 +10,7 @@ mod m20261201_000004_lz4_json;
 mod m20261202_000005_initial_context;
 mod m20261202_000007_template_search;
 mod m20261202_000008_versions_retries;
+mod m20261202_000009_template_stats;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000005_initial_context::Migration),
             Box::new(m20261202_000007_template_search::Migration),
             Box::new(m20261202_000008_versions_retries::Migration),
+            Box::new(m20261202_000009_template_stats::Migration),
         ]
     }
 }
