@@ -5,5 +5,6 @@ pub mod condition;
 pub mod definition;
 pub mod prompt;
 pub mod relay;
+pub mod rollup;
 pub mod runner;
 pub mod state;

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::agents::{AgentError, AgentRegistry};
 use super::definition::StepDefinition;
 use super::relay::{self, Note, Relay};
+use super::rollup::Rollup;
 use super::state::{ExecPatch, RunState, StepPatch};
 use super::{condition, prompt};
 use crate::domain::{self, new_id, now, validation};
@@ -308,8 +309,12 @@ impl Engine {
                 .collect(),
             None => Vec::new(),
         };
+        // What the change finishes, for the template's statistics: written
+        // with the change, so it counts exactly when the change applies.
+        let rollup = Rollup::of_change(state, &change.exec, change.step.as_ref().map(|(i, sp)| (*i, sp)), at);
         let applied = if self.db.get_database_backend() == DbBackend::Postgres {
-            self.write_in_one_statement(exec_update, step_update, &notes).await?
+            self.write_in_one_statement(exec_update, step_update, rollup.as_ref(), &notes)
+                .await?
         } else {
             let txn = self.db.begin().await?;
             if exec_update.exec(&txn).await?.rows_affected == 0 {
@@ -318,6 +323,11 @@ impl Engine {
             } else {
                 if let Some(u) = step_update {
                     u.exec(&txn).await?;
+                }
+                if let Some(r) = &rollup {
+                    let (sql, values) = r.upsert(DbBackend::Sqlite, 1, None);
+                    txn.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
+                        .await?;
                 }
                 txn.commit().await?;
                 true
@@ -368,6 +378,7 @@ impl Engine {
         &self,
         exec_update: sea_orm::UpdateMany<execution::Entity>,
         step_update: Option<sea_orm::UpdateMany<exec_step::Entity>>,
+        rollup: Option<&Rollup>,
         notes: &[Note],
     ) -> Result<bool, DbErr> {
         use sea_orm::QueryTrait;
@@ -383,6 +394,11 @@ impl Engine {
             let (s_sql, s_values) = u.build(PostgresQueryBuilder);
             sql.push_str(&format!(", s AS ({})", shift_placeholders(&s_sql, values.len())));
             values.extend(s_values.0);
+        }
+        if let Some(r) = rollup {
+            let (r_sql, r_values) = r.upsert(DbBackend::Postgres, values.len() + 1, Some("EXISTS (SELECT 1 FROM e)"));
+            sql.push_str(&format!(", r AS ({r_sql})"));
+            values.extend(r_values);
         }
         let mut columns = vec!["e.id".to_owned()];
         for note in notes {
@@ -998,6 +1014,7 @@ impl Engine {
         let policy = def.attempts();
         let mut attempt = 1;
         loop {
+            *state.attempts.entry(idx).or_default() += 1;
             let (tx, mut rx) = mpsc::unbounded_channel::<String>();
             let mut streamed = false;
             let result = {
