@@ -31,6 +31,7 @@ pub struct Metrics {
     pool: IntGaugeVec,
     pool_max: IntGauge,
     statements: IntCounter,
+    retention_deleted: IntCounter,
     operations: Mutex<HashSet<String>>,
 }
 
@@ -86,6 +87,10 @@ impl Metrics {
             "Size limit of the database pool",
         ));
         let statements = must(IntCounter::new("db_statements_total", "SQL statements sent"));
+        let retention_deleted = must(IntCounter::new(
+            "retention_deleted_total",
+            "Finished executions deleted by the retention sweep (with their step records)",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -96,6 +101,7 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(pool_max.clone()),
             Box::new(statements.clone()),
+            Box::new(retention_deleted.clone()),
         ] {
             must(registry.register(c));
         }
@@ -110,6 +116,7 @@ impl Metrics {
             pool,
             pool_max,
             statements,
+            retention_deleted,
             operations: Mutex::new(HashSet::new()),
         })
     }
@@ -181,6 +188,11 @@ impl Metrics {
             .unwrap_or("unknown");
         let secs = (end - start).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
         self.step_duration.with_label_values(&[agent, outcome]).observe(secs);
+    }
+
+    /// Executions the retention sweep deleted on this instance.
+    pub fn retention_deleted(&self, n: u64) {
+        self.retention_deleted.inc_by(n);
     }
 
     /// The text exposition, with the scrape-time gauges refreshed.
