@@ -15,6 +15,7 @@ mod props;
 mod schema_db;
 mod schema_file;
 mod statements;
+mod stats;
 mod subscriptions;
 mod templates;
 mod versions;
