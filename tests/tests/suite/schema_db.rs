@@ -63,7 +63,7 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
 
 /// The foreign keys the roadmap's features add (API.md "Beyond the design's
 /// first version"), each with its rule and its index.
-const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 4] = [
+const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 5] = [
     (
         "workflow_templates",
         "parentTemplateId",
@@ -92,14 +92,22 @@ const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 4] = [
         "SET NULL",
         "workflow_executions_retry_of_execution_id_idx",
     ),
+    (
+        "workflow_template_stats",
+        "templateId",
+        "workflow_templates",
+        "CASCADE",
+        "workflow_template_stats_template_id_day_step_key",
+    ),
 ];
 
-const WORKFLOW_TABLES: [&str; 5] = [
+const WORKFLOW_TABLES: [&str; 6] = [
     "workflow_templates",
     "workflow_steps",
     "workflow_executions",
     "workflow_execution_steps",
     "workflow_template_versions",
+    "workflow_template_stats",
 ];
 
 /// index name -> (table, columns)
