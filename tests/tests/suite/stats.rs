@@ -367,3 +367,58 @@ async fn the_sweep_never_deletes_running_or_paused_runs() {
     assert_eq!(stats(&app, &owner, &t, None).await, s);
     assert!(cancel(&app, &owner, &running).await.get("errors").is_none());
 }
+
+/// Cancels racing steps that finish: whichever write wins, the roll-ups
+/// agree with the rows, each run and step counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_cancels_are_counted_once() {
+    let app = server().await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "Races").await;
+    let t = create_template(
+        &app,
+        &owner,
+        &drive,
+        json!({ "name": "Race", "steps": [{ "agentId": "slow", "promptTemplate": "{{ms}}" }] }),
+    )
+    .await;
+    let t = t["id"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = start(&app, &owner, &t, json!({ "ms": (i * 3).to_string() })).await;
+        tokio::time::sleep(Duration::from_millis(i * 2)).await;
+        let _ = cancel(&app, &owner, &id).await;
+        ids.push(id);
+    }
+    let (mut completed, mut cancelled, mut step_ended) = (0, 0, 0);
+    for id in &ids {
+        let e = wait_for_end(&app, &owner, id).await;
+        match e["status"].as_str().unwrap() {
+            "COMPLETED" => completed += 1,
+            "CANCELLED" => cancelled += 1,
+            other => panic!("{other}: {e}"),
+        }
+        if matches!(e["steps"][0]["status"].as_str(), Some("COMPLETED" | "FAILED")) {
+            step_ended += 1;
+        }
+    }
+    let s = stats(&app, &owner, &t, None).await;
+    assert_eq!(
+        (&s["completed"], &s["cancelled"], &s["active"]),
+        (&json!(completed), &json!(cancelled), &json!(0)),
+        "{s}"
+    );
+    assert_eq!(s["steps"][0]["completed"].as_i64().unwrap_or(0), completed, "{s}");
+    assert_eq!(s["steps"][0]["runs"].as_i64().unwrap_or(0), step_ended, "{s}");
+}
+
+async fn wait_for_end(app: &TestApp, token: &str, id: &str) -> Value {
+    for _ in 0..400 {
+        let e = crate::executions::execution(app, token, id).await;
+        if matches!(e["status"].as_str(), Some("COMPLETED" | "CANCELLED" | "FAILED")) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("execution {id} never ended");
+}
