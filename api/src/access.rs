@@ -102,6 +102,12 @@ impl Access {
         }
     }
 
+    /// A template's statistics count every run in the drive, whoever
+    /// started it: they are as visible as the template.
+    pub fn can_see_template_stats(&self, t: &workflow_template::Model) -> bool {
+        self.can_see_template(t)
+    }
+
     pub fn template_scope(&self, drive_id: &str) -> TemplateScope {
         match self.role(drive_id) {
             None => TemplateScope::None,

@@ -37,6 +37,7 @@ use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
 use crate::limits::{DataLimits, QueryLimits};
 use crate::metrics::Metrics;
+use crate::retention::Retention;
 use crate::{fanout, graphiql, ws};
 
 pub const DEMO_USER_ID: &str = "demo-user";
@@ -60,6 +61,8 @@ pub struct AppState {
     /// The operation limits every request is checked against before it runs.
     pub query_limits: QueryLimits,
     pub metrics: Arc<Metrics>,
+    /// Deletes finished executions past `RETENTION_DAYS` (`sweep_now` runs one sweep).
+    pub retention: Arc<Retention>,
     /// Browser origins allowed by CORS (none: no CORS headers).
     pub cors_origins: Vec<String>,
     /// WebSocket connections per user.
@@ -158,6 +161,14 @@ impl Application {
             &config.limits,
         );
         let query_limits = QueryLimits::from(&config.limits);
+        let closing = tokio_util::sync::CancellationToken::new();
+        let retention = Arc::new(Retention::new(
+            db.clone(),
+            config.retention_days,
+            Duration::from_secs(config.retention_sweep_seconds),
+            metrics.clone(),
+        ));
+        retention.clone().spawn(closing.clone());
         let fanout = fanout::Hub::new(
             fanout::Renderer {
                 schema: schema.clone(),
@@ -174,11 +185,12 @@ impl Application {
             agents,
             engine,
             scheduler,
-            closing: tokio_util::sync::CancellationToken::new(),
+            closing,
             demo_token,
             limits: config.limits.clone(),
             query_limits,
             metrics,
+            retention,
             cors_origins: config.http.cors_origins.clone(),
             ws_connections: Arc::default(),
             fanout,

@@ -64,6 +64,15 @@ pub struct Config {
     #[arg(long, env = "EVENT_BUFFER", default_value_t = 1024)]
     pub event_buffer: usize,
 
+    /// Days a finished execution (COMPLETED, FAILED, CANCELLED) is kept
+    /// after it finished; `0` keeps everything. Template statistics stay.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+
+    /// Seconds between retention sweeps (when `RETENTION_DAYS` is set).
+    #[arg(long, env = "RETENTION_SWEEP_SECONDS", default_value_t = 3600)]
+    pub retention_sweep_seconds: u64,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -244,6 +253,8 @@ impl Config {
             shutdown_grace_seconds: 10,
             schedule_poll_ms: 1000,
             event_buffer: 1024,
+            retention_days: 0,
+            retention_sweep_seconds: 3600,
             limits: Limits::default(),
             tokens: TokenSettings::default(),
             http: HttpSettings::default(),

@@ -33,6 +33,7 @@ pub struct Metrics {
     statements: IntCounter,
     schedule_fires: IntCounter,
     schedule_skips: IntCounterVec,
+    retention_deleted: IntCounter,
     operations: Mutex<HashSet<String>>,
 }
 
@@ -101,6 +102,10 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let retention_deleted = must(IntCounter::new(
+            "retention_deleted_total",
+            "Finished executions deleted by the retention sweep (with their step records)",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -113,6 +118,7 @@ impl Metrics {
             Box::new(statements.clone()),
             Box::new(schedule_fires.clone()),
             Box::new(schedule_skips.clone()),
+            Box::new(retention_deleted.clone()),
         ] {
             must(registry.register(c));
         }
@@ -129,6 +135,7 @@ impl Metrics {
             statements,
             schedule_fires,
             schedule_skips,
+            retention_deleted,
             operations: Mutex::new(HashSet::new()),
         })
     }
@@ -211,6 +218,11 @@ impl Metrics {
     /// A due time this instance claimed and skipped.
     pub fn schedule_fire_skipped(&self, reason: &str) {
         self.schedule_skips.with_label_values(&[reason]).inc();
+    }
+
+    /// Executions the retention sweep deleted on this instance.
+    pub fn retention_deleted(&self, n: u64) {
+        self.retention_deleted.inc_by(n);
     }
 
     /// The text exposition, with the scrape-time gauges refreshed.

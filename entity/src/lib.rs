@@ -12,6 +12,7 @@ pub mod workflow_execution_step;
 pub mod workflow_schedule;
 pub mod workflow_step;
 pub mod workflow_template;
+pub mod workflow_template_stat;
 pub mod workflow_template_version;
 
 pub use sea_orm_active_enums::{DriveRole, ExecutionStatus, StepStatus};

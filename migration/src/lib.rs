@@ -11,6 +11,7 @@ mod m20261202_000005_initial_context;
 mod m20261202_000006_schedules;
 mod m20261202_000007_template_search;
 mod m20261202_000008_versions_retries;
+mod m20261202_000009_template_stats;
 mod m20261202_000010_parallel_approvals;
 
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000006_schedules::Migration),
             Box::new(m20261202_000007_template_search::Migration),
             Box::new(m20261202_000008_versions_retries::Migration),
+            Box::new(m20261202_000009_template_stats::Migration),
             Box::new(m20261202_000010_parallel_approvals::Migration),
         ]
     }

@@ -7,6 +7,7 @@ pub mod drives;
 pub mod executions;
 pub mod pagination;
 pub mod schedules;
+pub mod stats;
 pub mod steps;
 pub mod templates;
 pub mod users;

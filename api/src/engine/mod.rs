@@ -6,6 +6,7 @@ pub mod condition;
 pub mod definition;
 pub mod prompt;
 pub mod relay;
+pub mod rollup;
 pub mod runner;
 pub mod scheduler;
 pub mod state;

@@ -20,6 +20,9 @@ pub struct RunState {
     /// kept up to date as keys are added, so checking a step's output
     /// against MAX_CONTEXT_BYTES does not serialize the whole context again.
     pub context_bytes: Option<usize>,
+    /// Agent calls this process made for each step (by index) while running
+    /// it: what the roll-up counts as the step's attempts when it ends.
+    pub attempts: std::collections::HashMap<usize, u32>,
 }
 
 /// Changes to the execution row; `None` leaves a column as it is.
@@ -79,6 +82,7 @@ impl RunState {
             exec,
             steps,
             context_bytes: None,
+            attempts: Default::default(),
         }
     }
 

@@ -121,6 +121,38 @@ impl Loader<VersionPage> for VersionsOfTemplate {
     }
 }
 
+/// A template's statistics over the runs that started on `since`'s day or later.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatsKey {
+    pub template_id: String,
+    pub since: Option<chrono::NaiveDate>,
+}
+
+pub struct StatsOfTemplate(pub DatabaseConnection);
+
+impl Loader<StatsKey> for StatsOfTemplate {
+    type Value = Arc<domain::stats::TemplateStats>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[StatsKey]) -> Result<HashMap<StatsKey, Self::Value>, Self::Error> {
+        // Two statements per `since`; a page of templates asks one.
+        let mut by_since: HashMap<Option<chrono::NaiveDate>, Vec<String>> = HashMap::new();
+        for k in keys {
+            by_since.entry(k.since).or_default().push(k.template_id.clone());
+        }
+        let mut map = HashMap::new();
+        for (since, ids) in by_since {
+            for (template_id, stats) in domain::stats::of_templates(&self.0, &ids, since)
+                .await
+                .map_err(Arc::new)?
+            {
+                map.insert(StatsKey { template_id, since }, Arc::new(stats));
+            }
+        }
+        Ok(map)
+    }
+}
+
 /// A template's steps, in `stepOrder`.
 pub struct StepsOfTemplate(pub DatabaseConnection);
 
@@ -255,6 +287,7 @@ pub struct Loaders {
     pub versions_of_template: Cached<VersionsOfTemplate>,
     pub schedules_of_template: Cached<SchedulesOfTemplate>,
     pub runs_of_schedule: Cached<RunsOfSchedule>,
+    pub stats_of_template: Cached<StatsOfTemplate>,
 }
 
 fn loader<T>(inner: T, cache: bool) -> Cached<T> {
@@ -281,6 +314,7 @@ impl Loaders {
             versions_of_template: loader(VersionsOfTemplate(db.clone()), cache),
             schedules_of_template: loader(SchedulesOfTemplate(db.clone()), cache),
             runs_of_schedule: loader(RunsOfSchedule(db.clone()), cache),
+            stats_of_template: loader(StatsOfTemplate(db.clone()), cache),
         }
     }
 

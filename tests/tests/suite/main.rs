@@ -17,6 +17,7 @@ mod schedules;
 mod schema_db;
 mod schema_file;
 mod statements;
+mod stats;
 mod subscriptions;
 mod templates;
 mod versions;

@@ -63,7 +63,21 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
 
 /// The foreign keys the roadmap's features add (API.md "Beyond the design's
 /// first version"), each with its rule and its index.
-const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 5] = [
+const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 8] = [
+    (
+        "workflow_execution_approvals",
+        "executionStepId",
+        "workflow_execution_steps",
+        "CASCADE",
+        "workflow_execution_approvals_step_user_key",
+    ),
+    (
+        "workflow_execution_approvals",
+        "userId",
+        "users",
+        "CASCADE",
+        "workflow_execution_approvals_user_id_idx",
+    ),
     (
         "workflow_executions",
         "scheduleId",
@@ -99,14 +113,23 @@ const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 5] = [
         "SET NULL",
         "workflow_executions_retry_of_execution_id_idx",
     ),
+    (
+        "workflow_template_stats",
+        "templateId",
+        "workflow_templates",
+        "CASCADE",
+        "workflow_template_stats_template_id_day_step_key",
+    ),
 ];
 
-const WORKFLOW_TABLES: [&str; 5] = [
+const WORKFLOW_TABLES: [&str; 7] = [
     "workflow_templates",
     "workflow_steps",
     "workflow_executions",
     "workflow_execution_steps",
     "workflow_template_versions",
+    "workflow_template_stats",
+    "workflow_execution_approvals",
 ];
 
 /// index name -> (table, columns)

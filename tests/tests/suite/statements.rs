@@ -331,3 +331,46 @@ async fn schedule_lists_use_a_constant_number_of_statements() {
     // template page, its schedules.
     assert!(counts[1] <= 7, "{} statements", counts[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_stats_on_a_page_use_a_constant_number_of_statements() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner").await;
+    let drive = create_drive(&app, &owner, "Measured drive").await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let t = create_template(
+            &app,
+            &owner,
+            &drive,
+            json!({ "name": format!("T{i}"), "steps": [echo("one"), echo("two")] }),
+        )
+        .await;
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    // Runs on a few of them, so there are roll-ups to read.
+    for t in ids.iter().step_by(10) {
+        let id = start(&app, &owner, t, json!({})).await;
+        wait_for(&app, &owner, &id, "COMPLETED").await;
+    }
+    let page = "query($d: ID!, $first: Int, $since: DateTime) { workflowTemplates(driveId: $d, first: $first) {
+      nodes { id stats(since: $since) { runs completed active successRate durationMs { p50 p95 max }
+              tokens { prompt } steps { stepOrder runs attempts durationMs { p95 } } } } } }";
+    for since in [serde_json::Value::Null, json!("2020-01-01T00:00:00Z")] {
+        let (five, _) = fewest(&app, &owner, page, json!({ "d": drive, "first": 5, "since": since })).await;
+        let (fifty, data) = fewest(&app, &owner, page, json!({ "d": drive, "first": 50, "since": since })).await;
+        let nodes = data["workflowTemplates"]["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 50);
+        let counted: i64 = nodes.iter().map(|n| n["stats"]["completed"].as_i64().unwrap()).sum();
+        assert_eq!(counted, 5, "{data}");
+        for n in nodes.iter().filter(|n| n["stats"]["completed"] == 1) {
+            assert_eq!(n["stats"]["steps"].as_array().unwrap().len(), 2, "{n}");
+        }
+        println!("statements: stats page 5 -> {five}, 50 -> {fifty}");
+        assert_eq!(five, fifty, "stats: 5 -> {five}, 50 -> {fifty}");
+        assert!(
+            fifty <= 5,
+            "{fifty} statements for a page of templates with their stats"
+        );
+    }
+}

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::agents::{AgentError, AgentRegistry};
 use super::definition::StepDefinition;
 use super::relay::{self, Note, Relay};
+use super::rollup::Rollup;
 use super::state::{ExecPatch, RunState, StepPatch};
 use super::{condition, prompt};
 use crate::domain::{self, new_id, now, validation};

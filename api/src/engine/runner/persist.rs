@@ -116,8 +116,12 @@ impl Engine {
                 .collect(),
             None => Vec::new(),
         };
+        // What the change finishes, for the template's statistics: written
+        // with the change, so it counts exactly when the change applies.
+        let patches: Vec<(usize, &StepPatch)> = change.steps.iter().map(|(i, sp)| (*i, sp)).collect();
+        let rollup = Rollup::of_change(state, &change.exec, &patches, at);
         let applied = if self.db.get_database_backend() == DbBackend::Postgres {
-            self.write_in_one_statement(exec_update, step_updates, change.also.clone(), &notes)
+            self.write_in_one_statement(exec_update, step_updates, change.also.clone(), rollup.as_ref(), &notes)
                 .await?
         } else {
             let txn = self.db.begin().await?;
@@ -130,6 +134,11 @@ impl Engine {
                 }
                 if let Some(insert) = &change.also {
                     txn.execute(insert).await?;
+                }
+                if let Some(r) = &rollup {
+                    let (sql, values) = r.upsert(DbBackend::Sqlite, 1, None);
+                    txn.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
+                        .await?;
                 }
                 txn.commit().await?;
                 true
@@ -179,6 +188,7 @@ impl Engine {
         exec_update: sea_orm::UpdateMany<execution::Entity>,
         step_updates: Vec<sea_orm::UpdateMany<exec_step::Entity>>,
         also: Option<sea_orm::sea_query::InsertStatement>,
+        rollup: Option<&Rollup>,
         notes: &[Note],
     ) -> Result<bool, DbErr> {
         use sea_orm::QueryTrait;
@@ -205,6 +215,11 @@ impl Engine {
             };
             sql.push_str(&format!(", a AS ({})", shift_placeholders(&a_sql, values.len())));
             values.extend(a_values.0);
+        }
+        if let Some(r) = rollup {
+            let (r_sql, r_values) = r.upsert(DbBackend::Postgres, values.len() + 1, Some("EXISTS (SELECT 1 FROM e)"));
+            sql.push_str(&format!(", r AS ({r_sql})"));
+            values.extend(r_values);
         }
         let mut columns = vec!["e.id".to_owned()];
         for note in notes {

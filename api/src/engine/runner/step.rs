@@ -315,6 +315,7 @@ impl Engine {
         let policy = def.attempts();
         let mut attempt = 1;
         loop {
+            *state.lock().await.attempts.entry(idx).or_default() += 1;
             let (tx, mut rx) = mpsc::unbounded_channel::<String>();
             let mut streamed = false;
             let result = {
