@@ -75,24 +75,9 @@ impl Engine {
                     }
                 }
             }
-            let rendered = match prompt::render(&def.prompt_template, &state.exec.accumulated_context, None) {
-                Ok(p) if p.len() > self.limits().max_prompt_bytes => Err(format!(
-                    "its rendered prompt is {} bytes; at most {} are allowed (MAX_PROMPT_BYTES)",
-                    p.len(),
-                    self.limits().max_prompt_bytes
-                )),
-                Ok(p) => Ok(p),
-                Err(missing) => Err(format!("its prompt names a missing variable '{}'", missing.0)),
-            };
-            let agent = self.agents.get(&def.agent_id).map(|a| a.agent.clone());
-            match (rendered, agent) {
-                (Ok(rendered), Some(agent)) => ready.push((idx, def, rendered, agent)),
-                (Err(why), _) => {
-                    self.fail(live, state, idx, why).await?;
-                    return Ok(false);
-                }
-                (_, None) => {
-                    let why = format!("agent '{}' is not configured on this server", def.agent_id);
+            match self.prepare_call(&def, &state.exec.accumulated_context, None) {
+                Ok((rendered, agent)) => ready.push((idx, def, rendered, agent)),
+                Err(why) => {
                     self.fail(live, state, idx, why).await?;
                     return Ok(false);
                 }

@@ -174,42 +174,14 @@ impl Engine {
                 return Ok(());
             }
 
-            let rendered = match prompt::render(
-                &def.prompt_template,
-                &state.exec.accumulated_context,
-                step.user_input.as_ref(),
-            ) {
-                Ok(p) if p.len() > self.limits().max_prompt_bytes => {
-                    let why = format!(
-                        "its rendered prompt is {} bytes; at most {} are allowed (MAX_PROMPT_BYTES)",
-                        p.len(),
-                        self.limits().max_prompt_bytes
-                    );
-                    self.fail(live, &mut state, idx, why).await?;
-                    return Ok(());
-                }
-                Ok(p) => p,
-                Err(missing) => {
-                    self.fail(
-                        live,
-                        &mut state,
-                        idx,
-                        format!("its prompt names a missing variable '{}'", missing.0),
-                    )
-                    .await?;
-                    return Ok(());
-                }
-            };
-            let Some(agent) = self.agents.get(&def.agent_id).map(|a| a.agent.clone()) else {
-                self.fail(
-                    live,
-                    &mut state,
-                    idx,
-                    format!("agent '{}' is not configured on this server", def.agent_id),
-                )
-                .await?;
-                return Ok(());
-            };
+            let (rendered, agent) =
+                match self.prepare_call(&def, &state.exec.accumulated_context, step.user_input.as_ref()) {
+                    Ok(call) => call,
+                    Err(why) => {
+                        self.fail(live, &mut state, idx, why).await?;
+                        return Ok(());
+                    }
+                };
             let applied = self
                 .write(
                     live,
@@ -300,6 +272,33 @@ impl Engine {
 
     /// Calls the agent under the step's timeout and retry policy, publishing
     /// streamed pieces as STEP_OUTPUT_DELTA events; stops at once on cancel.
+    /// The step's prompt, rendered and within MAX_PROMPT_BYTES, and its
+    /// agent; else why the step fails.
+    pub(super) fn prepare_call(
+        &self,
+        def: &StepDefinition,
+        context: &Value,
+        input: Option<&Value>,
+    ) -> Result<(String, Arc<dyn crate::engine::agents::Agent>), String> {
+        let max = self.limits().max_prompt_bytes;
+        let rendered = match prompt::render(&def.prompt_template, context, input) {
+            Ok(p) if p.len() > max => {
+                return Err(format!(
+                    "its rendered prompt is {} bytes; at most {max} are allowed (MAX_PROMPT_BYTES)",
+                    p.len()
+                ));
+            }
+            Ok(p) => p,
+            Err(missing) => return Err(format!("its prompt names a missing variable '{}'", missing.0)),
+        };
+        let agent = self
+            .agents
+            .get(&def.agent_id)
+            .map(|a| a.agent.clone())
+            .ok_or_else(|| format!("agent '{}' is not configured on this server", def.agent_id))?;
+        Ok((rendered, agent))
+    }
+
     /// `state` is shared with the other steps of a parallel group (each
     /// takes it only to write); `stop` ends the call when the group fails.
     pub(super) async fn call_agent(
