@@ -83,8 +83,8 @@ pub struct WorkflowApprovalRuleInput {
     /// …or only these users (each a member of the drive).
     pub user_ids: Option<Vec<ID>>,
     /// Whether the user who started the run may decide.
-    #[graphql(default_with = "Some(false)")]
-    pub allow_starter: Option<bool>,
+    #[graphql(default = false)]
+    pub allow_starter: bool,
 }
 
 impl WorkflowApprovalRuleInput {
@@ -115,7 +115,7 @@ impl WorkflowApprovalRuleInput {
             required: self.required as u32,
             min_role: self.min_role.map(Into::into),
             user_ids,
-            allow_starter: self.allow_starter.unwrap_or(false),
+            allow_starter: self.allow_starter,
         };
         Ok(serde_json::to_value(rule).expect("rule serializes"))
     }
