@@ -1,5 +1,5 @@
-//! API.md's permission table, for an outsider, a VIEWER, a MEMBER, an ADMIN
-//! and the OWNER.
+//! API.md's permission table, for an outsider, a VIEWER, a MEMBER, an ADMIN,
+//! the OWNER, and an approver named by a step's approval rule.
 
 use serde_json::{Value, json};
 use workflows_tests::TestApp;
@@ -607,4 +607,59 @@ async fn execution_lists_are_empty_for_those_who_may_not_see_any() {
         assert_eq!(data["inDrive"]["nodes"], json!([]), "{who}: {data}");
         assert!(data["one"].is_null(), "{who}: {data}");
     }
+}
+
+/// Runs are seen by their starter and ADMIN/OWNER, and by the approvers of a
+/// step they await or awaited (API.md "Approvals"); only those the rule names
+/// decide: the others who see the run get FORBIDDEN, the rest NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_see_the_runs_that_await_them_and_only_they_decide() {
+    let t = team().await;
+    let template = create_template(
+        &t.app,
+        &t.member2,
+        &t.drive,
+        json!({ "name": "Gated", "isPublic": true, "steps": [
+            { "agentId": "slow", "promptTemplate": "400" },
+            { "agentId": "echo", "promptTemplate": "ship", "approval": { "required": 1, "userIds": ["viewer"] } }
+        ]}),
+    )
+    .await;
+    let id = crate::executions::start(&t.app, &t.member2, template["id"].as_str().unwrap(), json!({})).await;
+    let sees = |token: String| {
+        let app = &t.app;
+        let id = id.clone();
+        async move {
+            let data = app
+                .ok(
+                    &token,
+                    "query($id: ID!) { workflowExecution(id: $id) { id } }",
+                    json!({ "id": id }),
+                )
+                .await;
+            !data["workflowExecution"].is_null()
+        }
+    };
+    // Not reached yet: the approver does not see it.
+    assert!(!sees(t.viewer.clone()).await, "the approval step is not reached yet");
+    crate::executions::wait_for(&t.app, &t.member2, &id, "PAUSED").await;
+    let expected = [
+        ("owner", true, "FORBIDDEN"),
+        ("admin", true, "FORBIDDEN"),
+        ("member", false, "NOT_FOUND"),
+        ("member2", true, "FORBIDDEN"),
+        ("outsider", false, "NOT_FOUND"),
+    ];
+    let decide = "mutation($e: ID!) { decideWorkflowApproval(executionId: $e, approve: true) { status } }";
+    for ((who, token), (name, visible, code)) in t.everyone().into_iter().filter(|(w, _)| *w != "viewer").zip(expected)
+    {
+        assert_eq!(who, name);
+        assert_eq!(sees(token.to_owned()).await, visible, "{who} sees the run");
+        expect_code(&t.app.gql(token, decide, json!({ "e": id })).await, code);
+    }
+    assert!(sees(t.viewer.clone()).await, "the approver sees the run awaiting them");
+    let r = t.app.ok(&t.viewer, decide, json!({ "e": id })).await;
+    assert_eq!(r["decideWorkflowApproval"]["status"], "RUNNING");
+    crate::executions::wait_for(&t.app, &t.member2, &id, "COMPLETED").await;
+    assert!(sees(t.viewer.clone()).await, "and the run that awaited them");
 }
