@@ -5,7 +5,9 @@
 //!   the same write that finishes a run or a step, so they outlive the rows
 //!   the retention sweep deletes. `durations` maps a histogram bucket to its
 //!   count (sparse, merged key by key); templateId CASCADE like the template's
-//!   other rows, indexed by the unique key it leads.
+//!   other rows, indexed by the unique key it leads. `shard` (0–15, from the
+//!   run's id) splits each roll-up over 16 rows, so concurrent runs of one
+//!   template do not all wait on one row's lock; reads sum the shards.
 //! - an index on `workflow_executions (status, updatedAt)` for the sweep.
 
 use sea_orm_migration::prelude::*;
@@ -25,6 +27,7 @@ CREATE TABLE workflow_template_stats (
     "templateId"       text NOT NULL REFERENCES workflow_templates ("id") ON DELETE CASCADE,
     "day"              date NOT NULL,
     "stepOrder"        integer NOT NULL,
+    "shard"            integer NOT NULL DEFAULT 0,
     "completed"        bigint NOT NULL DEFAULT 0,
     "failed"           bigint NOT NULL DEFAULT 0,
     "cancelled"        bigint NOT NULL DEFAULT 0,
@@ -37,7 +40,7 @@ CREATE TABLE workflow_template_stats (
     "createdAt"        timestamp NOT NULL DEFAULT now(),
     "updatedAt"        timestamp NOT NULL DEFAULT now()
 );
-CREATE UNIQUE INDEX workflow_template_stats_template_id_day_step_key ON workflow_template_stats ("templateId", "day", "stepOrder");
+CREATE UNIQUE INDEX workflow_template_stats_template_id_day_step_key ON workflow_template_stats ("templateId", "day", "stepOrder", "shard");
 CREATE INDEX workflow_executions_status_updated_at_idx ON workflow_executions ("status", "updatedAt");
 "#;
 
@@ -47,6 +50,7 @@ CREATE TABLE workflow_template_stats (
     "templateId"       text NOT NULL REFERENCES workflow_templates ("id") ON DELETE CASCADE,
     "day"              text NOT NULL,
     "stepOrder"        integer NOT NULL,
+    "shard"            integer NOT NULL DEFAULT 0,
     "completed"        integer NOT NULL DEFAULT 0,
     "failed"           integer NOT NULL DEFAULT 0,
     "cancelled"        integer NOT NULL DEFAULT 0,
@@ -59,7 +63,7 @@ CREATE TABLE workflow_template_stats (
     "createdAt"        text NOT NULL,
     "updatedAt"        text NOT NULL
 );
-CREATE UNIQUE INDEX workflow_template_stats_template_id_day_step_key ON workflow_template_stats ("templateId", "day", "stepOrder");
+CREATE UNIQUE INDEX workflow_template_stats_template_id_day_step_key ON workflow_template_stats ("templateId", "day", "stepOrder", "shard");
 CREATE INDEX workflow_executions_status_updated_at_idx ON workflow_executions ("status", "updatedAt");
 "#;
 

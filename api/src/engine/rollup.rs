@@ -32,7 +32,21 @@ pub struct Increment {
 pub struct Rollup {
     pub template_id: String,
     pub day: NaiveDate,
+    /// Which of the roll-up's rows this run adds to (see the migration).
+    pub shard: i32,
     pub rows: Vec<Increment>,
+}
+
+/// Roll-up rows per (template, day, step): concurrent runs of one template
+/// spread their upserts over them instead of queueing on one row.
+pub const SHARDS: u32 = 16;
+
+/// A run's shard, the same on every instance.
+fn shard_of(execution_id: &str) -> i32 {
+    let h = execution_id
+        .bytes()
+        .fold(2_166_136_261_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
+    (h % SHARDS) as i32
 }
 
 fn millis(from: Option<NaiveDateTime>, to: NaiveDateTime) -> Option<i64> {
@@ -109,6 +123,7 @@ impl Rollup {
         Some(Self {
             template_id: e.workflow_template_id.clone(),
             day: e.started_at.unwrap_or(e.created_at).date(),
+            shard: shard_of(&e.id),
             rows,
         })
     }
@@ -117,11 +132,12 @@ impl Rollup {
     /// `first` (PostgreSQL). `only_if`: a condition the insert is made on
     /// (PostgreSQL: that the fenced update of the same statement matched).
     pub fn upsert(&self, backend: DbBackend, first: usize, only_if: Option<&str>) -> (String, Vec<Value>) {
-        const COLUMNS: &str = r#""id", "templateId", "day", "stepOrder", "completed", "failed", "cancelled", "skipped", "attempts", "promptTokens", "completionTokens", "durations", "durationMaxMs", "createdAt", "updatedAt""#;
-        const CASTS: [&str; 15] = [
+        const COLUMNS: &str = r#""id", "templateId", "day", "stepOrder", "shard", "completed", "failed", "cancelled", "skipped", "attempts", "promptTokens", "completionTokens", "durations", "durationMaxMs", "createdAt", "updatedAt""#;
+        const CASTS: [&str; 16] = [
             "text",
             "text",
             "date",
+            "integer",
             "integer",
             "bigint",
             "bigint",
@@ -143,11 +159,12 @@ impl Rollup {
                 Some(ms) => json!({ bucket(ms).to_string(): 1 }),
                 None => json!({}),
             };
-            let row: [Value; 15] = [
+            let row: [Value; 16] = [
                 new_id().into(),
                 self.template_id.clone().into(),
                 self.day.into(),
                 r.step_order.into(),
+                self.shard.into(),
                 r.completed.into(),
                 r.failed.into(),
                 r.cancelled.into(),
@@ -208,7 +225,7 @@ impl Rollup {
         };
         let sql = format!(
             r#"INSERT INTO {t} ({COLUMNS}) {source}
-               ON CONFLICT ("templateId", "day", "stepOrder") DO UPDATE SET {sets},
+               ON CONFLICT ("templateId", "day", "stepOrder", "shard") DO UPDATE SET {sets},
                  "durations" = {durations}, "durationMaxMs" = {max}, "updatedAt" = excluded."updatedAt""#
         );
         (sql, values)
