@@ -5,8 +5,8 @@
 //!   the same write that finishes a run or a step, so they outlive the rows
 //!   the retention sweep deletes. `durations` maps a histogram bucket to its
 //!   count (sparse, merged key by key); templateId CASCADE like the template's
-//!   other rows, indexed by the unique key it leads. `shard` (0–15, from the
-//!   run's id) splits each roll-up over 16 rows, so concurrent runs of one
+//!   other rows, indexed by the unique key it leads. `shard` (0–63, from the
+//!   run's id) splits each roll-up over 64 rows, so concurrent runs of one
 //!   template do not all wait on one row's lock; reads sum the shards.
 //! - an index on `workflow_executions (status, updatedAt)` for the sweep.
 

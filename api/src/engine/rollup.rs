@@ -39,7 +39,7 @@ pub struct Rollup {
 
 /// Roll-up rows per (template, day, step): concurrent runs of one template
 /// spread their upserts over them instead of queueing on one row.
-pub const SHARDS: u32 = 16;
+pub const SHARDS: u32 = 64;
 
 /// A run's shard, the same on every instance.
 fn shard_of(execution_id: &str) -> i32 {
