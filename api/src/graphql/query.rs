@@ -139,12 +139,7 @@ impl Query {
             .map_err(ApiError::from)?;
         let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                has_previous_page: page.has_previous_page,
-                start_cursor: cursors.first().cloned(),
-                end_cursor: cursors.last().cloned(),
-            },
+            page_info: PageInfo::of(&page, &cursors),
             cursors,
             nodes: page.rows.into_iter().map(WorkflowTemplate).collect(),
             count_condition: Some(cond),
@@ -185,12 +180,7 @@ impl Query {
             .map_err(ApiError::from)?;
         let cursors: Vec<String> = page.rows.iter().map(|e| Cursor::encode(e.created_at, &e.id)).collect();
         Ok(WorkflowExecutionConnection {
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                has_previous_page: page.has_previous_page,
-                start_cursor: cursors.first().cloned(),
-                end_cursor: cursors.last().cloned(),
-            },
+            page_info: PageInfo::of(&page, &cursors),
             cursors,
             nodes: page.rows.into_iter().map(WorkflowExecution::new).collect(),
             count_condition: Some(cond),
@@ -222,12 +212,7 @@ impl Query {
             .map_err(ApiError::from)?;
         let cursors: Vec<String> = page.rows.iter().map(|s| Cursor::encode(s.created_at, &s.id)).collect();
         Ok(WorkflowScheduleConnection {
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                has_previous_page: page.has_previous_page,
-                start_cursor: cursors.first().cloned(),
-                end_cursor: cursors.last().cloned(),
-            },
+            page_info: PageInfo::of(&page, &cursors),
             cursors,
             nodes: page
                 .rows

@@ -888,12 +888,7 @@ impl WorkflowSchedule {
             .map(|e| crate::domain::pagination::Cursor::encode(e.created_at, &e.id))
             .collect();
         Ok(WorkflowExecutionConnection {
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                has_previous_page: page.has_previous_page,
-                start_cursor: cursors.first().cloned(),
-                end_cursor: cursors.last().cloned(),
-            },
+            page_info: PageInfo::of(&page, &cursors),
             cursors,
             nodes: page.rows.into_iter().map(WorkflowExecution::new).collect(),
             count_condition: Some(count_condition),
@@ -904,6 +899,18 @@ impl WorkflowSchedule {
     }
     async fn updated_at(&self) -> DateTime<Utc> {
         utc(self.0.updated_at)
+    }
+}
+
+/// `pageInfo` of a page of rows with these cursors.
+impl PageInfo {
+    pub fn of<T>(page: &crate::domain::pagination::Page<T>, cursors: &[String]) -> Self {
+        Self {
+            has_next_page: page.has_next_page,
+            has_previous_page: page.has_previous_page,
+            start_cursor: cursors.first().cloned(),
+            end_cursor: cursors.last().cloned(),
+        }
     }
 }
 
