@@ -295,6 +295,20 @@ async fn schedule_lists_use_a_constant_number_of_statements() {
         crate::schedules::make_due(app.db(), s["id"].as_str().unwrap(), chrono::Duration::minutes(5)).await;
     }
     assert_eq!(app.state.scheduler.tick().await.unwrap(), 20);
+    // The fired runs write as they go: count only once they are done.
+    for _ in 0..400 {
+        let done = app
+            .ok(
+                &owner,
+                "query($d: ID!) { workflowExecutions(filter: { driveId: $d, status: [COMPLETED] }) { totalCount } }",
+                json!({ "d": drive }),
+            )
+            .await;
+        if done["workflowExecutions"]["totalCount"] == 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     let mut counts = Vec::new();
     for first in [5, 20] {
