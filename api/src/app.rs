@@ -91,11 +91,19 @@ impl AppState {
     }
 
     /// The request context of an authenticated viewer; `cache_rows` for one
-    /// HTTP request, not for a long-lived WebSocket connection.
+    /// HTTP request (its memberships are read when a resolver first needs
+    /// them), not for a long-lived WebSocket connection (read now: they
+    /// name the connection's viewer for the subscriptions it shares).
     pub async fn request_ctx(&self, viewer: Viewer, cache_rows: bool) -> Result<RequestCtx, ApiError> {
         self.remember_user(&viewer).await?;
-        let roles = users::memberships(&self.db, &viewer.id).await?;
-        let access = Access::new(viewer.id.clone(), roles);
+        let access = if cache_rows {
+            None
+        } else {
+            Some(Access::new(
+                viewer.id.clone(),
+                users::memberships(&self.db, &viewer.id).await?,
+            ))
+        };
         Ok(RequestCtx::new(&self.db, viewer, access, cache_rows))
     }
 }

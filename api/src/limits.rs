@@ -110,12 +110,13 @@ impl QueryLimits {
             .parsed_query()
             .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
         self.check(doc)?;
+        let direct = !crate::graphql::render::merges_composite_fields(doc);
         let op = doc.operations.iter().find(|(name, _)| match (&wanted, name) {
             (Some(want), Some(n)) => n.as_str() == want,
             (Some(_), None) => false,
             (None, _) => true,
         });
-        Ok(match op {
+        let admitted = match op {
             Some((name, op)) => Admitted {
                 name: name.map(|n| n.to_string()),
                 kind: match op.node.ty {
@@ -128,7 +129,11 @@ impl QueryLimits {
                 name: None,
                 kind: "unknown",
             },
-        })
+        };
+        if direct {
+            request.data.insert(crate::graphql::render::DirectJson);
+        }
+        Ok(admitted)
     }
 
     /// Gives each error that async-graphql raised without a code its code:

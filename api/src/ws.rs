@@ -166,7 +166,14 @@ impl Conn {
             tracing::error!(error = ?e, "could not load the viewer of a WebSocket connection");
             Refusal::Close(1011, "internal server error".into())
         })?;
-        let viewer_key = ctx.access.fingerprint();
+        let viewer_key = ctx
+            .access()
+            .await
+            .map_err(|e| {
+                tracing::error!(error = ?e, "could not load the viewer of a WebSocket connection");
+                Refusal::Close(1011, "internal server error".into())
+            })?
+            .fingerprint();
         let mut data = Data::default();
         data.insert(ctx);
         self.session = Some(Session {

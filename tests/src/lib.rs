@@ -242,6 +242,21 @@ impl TestApp {
         (status, body)
     }
 
+    /// Like `gql`, but returns the response body as the server wrote it.
+    pub async fn gql_text(&self, token: &str, query: &str, variables: Value) -> String {
+        let resp = self
+            .client
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(json!({"query": query, "variables": variables}).to_string())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.text().await.expect("body")
+    }
+
     /// Like `gql`, but fails the test on any error and returns `data`.
     pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
         let body = self.gql(token, query, variables).await;

@@ -2,7 +2,15 @@
 //! run (a start, or a retry of a run that failed) is made of.
 
 use entity::{ExecutionStatus, StepStatus, workflow_execution as execution, workflow_execution_step as exec_step};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use entity::DriveRole;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveEnum, ColumnTrait, ColumnType, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
 
 use super::pagination::{Cursor, Page};
 use super::{steps, versions};
@@ -32,6 +40,167 @@ pub async fn find_with_template(
         .find_also_related(entity::workflow_template::Entity)
         .one(db)
         .await
+}
+
+/// An execution as its detail page reads it: the row, its template, its
+/// step records (ordered by `stepOrder`) and, when asked for, the viewer's
+/// memberships.
+pub struct Detail {
+    pub execution: execution::Model,
+    pub template: Option<entity::workflow_template::Model>,
+    pub steps: Option<Vec<exec_step::Model>>,
+    pub roles: Option<HashMap<String, DriveRole>>,
+}
+
+/// `Detail` in one statement: the step records and memberships ride in the
+/// execution's row as JSON arrays. One statement reads one snapshot, so the
+/// step records are exactly as the execution row last left them (a
+/// COMPLETED run never comes with a step unfinished), and the whole read is
+/// one round trip. `roles_of`: the viewer whose memberships to read too.
+pub async fn detail(
+    db: &impl ConnectionTrait,
+    id: &str,
+    with_steps: bool,
+    roles_of: Option<&str>,
+) -> Result<Option<Detail>, DbErr> {
+    let backend = db.get_database_backend();
+    let mut select = execution::Entity::find_by_id(id.to_owned()).find_also_related(entity::workflow_template::Entity);
+    if with_steps {
+        select = select.expr_as(Expr::cust(steps_json_sql(backend)), "detail_steps");
+    }
+    if let Some(user) = roles_of {
+        let sql = match backend {
+            DbBackend::Postgres => {
+                r#"(SELECT json_agg(json_build_array(m."driveId", m."role"))::text FROM "drive_members" m WHERE m."userId" = $1)"#
+            }
+            _ => {
+                r#"(SELECT json_group_array(json_array(m."driveId", m."role")) FROM "drive_members" m WHERE m."userId" = ?)"#
+            }
+        };
+        select = select.expr_as(Expr::cust_with_values(sql, [user.to_owned()]), "detail_roles");
+    }
+    let Some(row) = db.query_one_raw(select.build(backend)).await? else {
+        return Ok(None);
+    };
+    let execution = execution::Model::from_query_result(&row, "A_")?;
+    let template = entity::workflow_template::Model::from_query_result_optional(&row, "B_")?;
+    let steps = if with_steps {
+        let text: Option<String> = row.try_get("", "detail_steps")?;
+        let mut steps = match text {
+            Some(t) => serde_json::from_str::<Vec<StepJson>>(&t)
+                .map_err(|e| DbErr::Type(format!("the step records of execution {id}: {e}")))?
+                .into_iter()
+                .map(StepJson::into_model)
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        steps.sort_by_key(|s| s.step_order);
+        Some(steps)
+    } else {
+        None
+    };
+    let roles = match roles_of {
+        None => None,
+        Some(_) => {
+            let text: Option<String> = row.try_get("", "detail_roles")?;
+            let pairs: Vec<(String, DriveRole)> = match text {
+                Some(t) => serde_json::from_str(&t).map_err(|e| DbErr::Type(format!("memberships: {e}")))?,
+                None => Vec::new(),
+            };
+            Some(pairs.into_iter().collect())
+        }
+    };
+    Ok(Some(Detail {
+        execution,
+        template,
+        steps,
+        roles,
+    }))
+}
+
+/// The correlated subquery that gives an execution's step records as one
+/// JSON array (in no particular order).
+fn steps_json_sql(backend: DbBackend) -> &'static str {
+    static POSTGRES: &str = r#"(SELECT json_agg(s)::text FROM "workflow_execution_steps" s WHERE s."workflowExecutionId" = "workflow_executions"."id")"#;
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        // Every column by name; JSON columns through json() so they nest as
+        // JSON rather than as strings.
+        let fields: Vec<String> = exec_step::Column::iter()
+            .map(|c| {
+                let name = c.as_str();
+                match c.def().get_column_type() {
+                    ColumnType::Json | ColumnType::JsonBinary => format!(r#"'{name}', json(s."{name}")"#),
+                    _ => format!(r#"'{name}', s."{name}""#),
+                }
+            })
+            .collect();
+        format!(
+            r#"(SELECT json_group_array(json_object({})) FROM "workflow_execution_steps" s WHERE s."workflowExecutionId" = "workflow_executions"."id")"#,
+            fields.join(", ")
+        )
+    });
+    match backend {
+        DbBackend::Postgres => POSTGRES,
+        _ => SQLITE.as_str(),
+    }
+}
+
+/// A step record as `steps_json_sql` writes it: PostgreSQL's `row_to_json`
+/// (timestamps `2026-12-01T10:00:00.123456`, booleans) or SQLite's
+/// `json_object` (timestamps as stored, `2026-12-01 10:00:00.123456`,
+/// booleans as 0 and 1).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StepJson {
+    id: String,
+    workflow_execution_id: String,
+    workflow_step_id: Option<String>,
+    step_order: i32,
+    status: String,
+    agent_input: Option<serde_json::Value>,
+    agent_output: Option<serde_json::Value>,
+    user_input: Option<serde_json::Value>,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    error_message: Option<String>,
+    definition: Option<serde_json::Value>,
+    reused: serde_json::Value,
+    created_at: String,
+    updated_at: String,
+}
+
+impl StepJson {
+    fn into_model(self) -> Result<exec_step::Model, DbErr> {
+        let time = |t: &str| {
+            let t = t.replacen(' ', "T", 1);
+            chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f")
+                .map_err(|e| DbErr::Type(format!("step record {}: timestamp {t:?}: {e}", self.id)))
+        };
+        let opt_time = |t: &Option<String>| t.as_deref().map(time).transpose();
+        Ok(exec_step::Model {
+            status: StepStatus::try_from_value(&self.status)?,
+            started_at: opt_time(&self.started_at)?,
+            completed_at: opt_time(&self.completed_at)?,
+            created_at: time(&self.created_at)?,
+            updated_at: time(&self.updated_at)?,
+            reused: match &self.reused {
+                serde_json::Value::Bool(b) => *b,
+                serde_json::Value::Number(n) => n.as_i64() != Some(0),
+                other => return Err(DbErr::Type(format!("step record {}: reused {other}", self.id))),
+            },
+            // In an array, a JSON `null` and SQL NULL look the same; both
+            // render as `null`, and no writer stores a JSON `null` here.
+            agent_input: self.agent_input.filter(|v| !v.is_null()),
+            agent_output: self.agent_output.filter(|v| !v.is_null()),
+            user_input: self.user_input.filter(|v| !v.is_null()),
+            definition: self.definition.filter(|v| !v.is_null()),
+            id: self.id,
+            workflow_execution_id: self.workflow_execution_id,
+            workflow_step_id: self.workflow_step_id,
+            step_order: self.step_order,
+            error_message: self.error_message,
+        })
+    }
 }
 
 /// What the viewer may see, narrowed by the client's filter; `None` when

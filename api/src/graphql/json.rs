@@ -83,11 +83,11 @@ pub fn batch_to_bytes(responses: &[Response], single: bool) -> Vec<u8> {
     out
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, s).expect("a string serializes");
 }
 
-fn write_value(v: &Gql, out: &mut Vec<u8>) {
+pub(crate) fn write_value(v: &Gql, out: &mut Vec<u8>) {
     match v {
         Gql::Null => out.extend_from_slice(b"null"),
         Gql::Boolean(true) => out.extend_from_slice(b"true"),

@@ -7,19 +7,24 @@ pub mod loaders;
 pub mod mutation;
 pub mod observe;
 pub mod query;
+pub mod render;
 pub mod subscription;
 pub mod types;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::Schema;
+use entity::DriveRole;
 use sea_orm::DatabaseConnection;
+use tokio::sync::OnceCell;
 
 use crate::access::Access;
 use crate::auth::Viewer;
 use crate::config::Limits;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::Engine;
+use crate::error::{ApiError, ApiResult};
 use crate::limits::DataLimits;
 use loaders::Loaders;
 
@@ -36,36 +41,61 @@ pub struct SchemaData {
 /// One request's viewer, permissions and loaders.
 pub struct RequestCtx {
     pub viewer: Viewer,
-    pub access: Access,
+    /// Loaded when a resolver first asks (`access`), or given by a resolver
+    /// whose own statement read the memberships with its rows (`seed_access`),
+    /// so a read such as the execution detail costs one statement in all.
+    access: OnceCell<Access>,
     pub loaders: Loaders,
     pub db: DatabaseConnection,
 }
 
 impl RequestCtx {
-    /// `cache_rows`: see `Loaders::new`.
-    pub fn new(db: &DatabaseConnection, viewer: Viewer, access: Access, cache_rows: bool) -> Self {
+    /// `access`: the viewer's permissions when already known, else loaded
+    /// on first use. `cache_rows`: see `Loaders::new`.
+    pub fn new(db: &DatabaseConnection, viewer: Viewer, access: Option<Access>, cache_rows: bool) -> Self {
         Self {
             viewer,
-            access,
+            access: OnceCell::new_with(access),
             loaders: Loaders::new(db, cache_rows),
             db: db.clone(),
         }
     }
-}
 
-impl RequestCtx {
+    /// The viewer's role in each drive, read once per request.
+    pub async fn access(&self) -> ApiResult<&Access> {
+        self.access
+            .get_or_try_init(|| async {
+                let roles = crate::domain::users::memberships(&self.db, &self.viewer.id).await?;
+                Ok::<_, ApiError>(Access::new(self.viewer.id.clone(), roles))
+            })
+            .await
+    }
+
+    /// Whether the memberships are loaded yet.
+    pub fn has_access(&self) -> bool {
+        self.access.initialized()
+    }
+
+    /// The memberships as a resolver's own statement read them; kept unless
+    /// they were loaded already (or are being loaded by another field).
+    pub async fn seed_access(&self, roles: HashMap<String, DriveRole>) -> ApiResult<&Access> {
+        let _ = self.access.set(Access::new(self.viewer.id.clone(), roles));
+        self.access().await
+    }
+
     /// Whether the viewer sees the run: as `Access::can_see_execution` says,
     /// or as an approver of a step it awaits or awaited (its step records
     /// are read only then).
     pub async fn sees_execution(&self, e: &entity::workflow_execution::Model) -> crate::error::ApiResult<bool> {
-        if self.access.can_see_execution(e) {
+        let access = self.access().await?;
+        if access.can_see_execution(e) {
             return Ok(true);
         }
-        if self.access.role(&e.drive_id).is_none() {
+        if access.role(&e.drive_id).is_none() {
             return Ok(false);
         }
         let steps = crate::domain::executions::steps_of(&self.db, &[e.id.clone()]).await?;
-        Ok(self.access.can_see_execution_with_steps(e, &steps))
+        Ok(access.can_see_execution_with_steps(e, &steps))
     }
 }
 

@@ -37,9 +37,10 @@ fn engine<'a>(ctx: &'a Context<'_>) -> &'a std::sync::Arc<crate::engine::runner:
 
 /// The template, if it exists and the viewer may see it.
 async fn visible_template(r: &RequestCtx, id: &str) -> ApiResult<entity::workflow_template::Model> {
+    let access = r.access().await?;
     templates::find(&r.db, id)
         .await?
-        .filter(|t| r.access.can_see_template(t))
+        .filter(|t| access.can_see_template(t))
         .ok_or_else(|| ApiError::not_found("workflow template", id))
 }
 
@@ -51,9 +52,10 @@ async fn visible_step(
     let step = steps::find(&r.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("workflow step", id))?;
+    let access = r.access().await?;
     let template = templates::find(&r.db, &step.workflow_template_id)
         .await?
-        .filter(|t| r.access.can_see_template(t))
+        .filter(|t| access.can_see_template(t))
         .ok_or_else(|| ApiError::not_found("workflow step", id))?;
     Ok((step, template))
 }
@@ -67,7 +69,7 @@ impl Mutation {
         let row = drives::create(&r.db, &r.viewer.id, &name)
             .await
             .map_err(ApiError::from)?;
-        r.access.set_own_role(&row.id, Some(DriveRole::Owner));
+        r.access().await?.set_own_role(&row.id, Some(DriveRole::Owner));
         Ok(Drive(row))
     }
 
@@ -80,7 +82,7 @@ impl Mutation {
         role: DriveRoleGql,
     ) -> Result<DriveMember> {
         let r = rctx(ctx);
-        r.access.check_manage_members(&drive_id)?;
+        r.access().await?.check_manage_members(&drive_id)?;
         let role: DriveRole = role.into();
         if role == DriveRole::Owner {
             return Err(ApiError::bad_input(
@@ -103,7 +105,7 @@ impl Mutation {
             .await
             .map_err(ApiError::from)?;
         if user_id.0 == r.viewer.id {
-            r.access.set_own_role(&drive_id, Some(role));
+            r.access().await?.set_own_role(&drive_id, Some(role));
         }
         Ok(DriveMember(row))
     }
@@ -111,7 +113,7 @@ impl Mutation {
     /// Removes a member; false when the user was not a member. The OWNER cannot be removed.
     async fn remove_drive_member(&self, ctx: &Context<'_>, drive_id: ID, user_id: ID) -> Result<bool> {
         let r = rctx(ctx);
-        r.access.check_manage_members(&drive_id)?;
+        r.access().await?.check_manage_members(&drive_id)?;
         match drives::member(&r.db, &drive_id, &user_id)
             .await
             .map_err(ApiError::from)?
@@ -125,7 +127,7 @@ impl Mutation {
                     .await
                     .map_err(ApiError::from)?;
                 if user_id.0 == r.viewer.id {
-                    r.access.set_own_role(&drive_id, None);
+                    r.access().await?.set_own_role(&drive_id, None);
                 }
                 Ok(removed)
             }
@@ -138,7 +140,7 @@ impl Mutation {
         input: CreateWorkflowTemplateInput,
     ) -> Result<WorkflowTemplate> {
         let r = rctx(ctx);
-        r.access.check_create_template(&input.drive_id)?;
+        r.access().await?.check_create_template(&input.drive_id)?;
         let name = v::template_name("input.name", &input.name)?;
         let description = description("input.description", input.description)?;
         let category = category("input.category", input.category)?;
@@ -185,7 +187,7 @@ impl Mutation {
     ) -> Result<WorkflowTemplate> {
         let r = rctx(ctx);
         let current = visible_template(r, &id).await?;
-        r.access.check_change_template(&current)?;
+        r.access().await?.check_change_template(&current)?;
         let changes = TemplateChanges {
             name: input
                 .name
@@ -207,7 +209,7 @@ impl Mutation {
     async fn delete_workflow_template(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
         let r = rctx(ctx);
         let current = visible_template(r, &id).await?;
-        r.access.check_change_template(&current)?;
+        r.access().await?.check_change_template(&current)?;
         if !templates::delete(&r.db, &id).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("workflow template", &id).into());
         }
@@ -224,7 +226,7 @@ impl Mutation {
     ) -> Result<WorkflowStep> {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
-        r.access.check_change_template(&template)?;
+        r.access().await?.check_change_template(&template)?;
         let new = input.validate("input", agents(ctx), limits(ctx))?;
         approvers_are_members(r, &template.drive_id, new.approval.as_ref(), "input").await?;
         let row = steps::add(
@@ -247,7 +249,7 @@ impl Mutation {
     ) -> Result<WorkflowStep> {
         let r = rctx(ctx);
         let (step, template) = visible_step(r, &id).await?;
-        r.access.check_change_template(&template)?;
+        r.access().await?.check_change_template(&template)?;
         let changes = input.validate(agents(ctx), limits(ctx))?;
         if let Some(Some(rule)) = &changes.approval {
             approvers_are_members(r, &template.drive_id, Some(rule), "input").await?;
@@ -260,7 +262,7 @@ impl Mutation {
     async fn delete_workflow_step(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
         let r = rctx(ctx);
         let (step, template) = visible_step(r, &id).await?;
-        r.access.check_change_template(&template)?;
+        r.access().await?.check_change_template(&template)?;
         steps::delete(&r.db, &step, &r.viewer.id).await?;
         Ok(id)
     }
@@ -274,7 +276,7 @@ impl Mutation {
     ) -> Result<WorkflowTemplate> {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
-        r.access.check_change_template(&template)?;
+        r.access().await?.check_change_template(&template)?;
         let ids: Vec<String> = step_ids.into_iter().map(|i| i.0).collect();
         steps::reorder(&r.db, &template.id, &ids, &r.viewer.id).await?;
         let row = templates::find(&r.db, &template.id)
@@ -293,7 +295,7 @@ impl Mutation {
     ) -> Result<WorkflowTemplate> {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
-        r.access.check_change_template(&template)?;
+        r.access().await?.check_change_template(&template)?;
         let stored = versions::find(&r.db, &template.id, version)
             .await
             .map_err(ApiError::from)?
@@ -327,7 +329,7 @@ impl Mutation {
         let r = rctx(ctx);
         let source = visible_template(r, &id).await?;
         let drive_id = drive_id.map_or_else(|| source.drive_id.clone(), |d| d.0);
-        r.access.check_create_template(&drive_id)?;
+        r.access().await?.check_create_template(&drive_id)?;
         let name = match name {
             Some(n) => v::template_name("name", &n)?,
             None => source.name.clone(),
@@ -366,7 +368,7 @@ impl Mutation {
     ) -> Result<WorkflowExecution> {
         let r = rctx(ctx);
         let template = visible_template(r, &template_id).await?;
-        r.access.check_start_execution(&template)?;
+        r.access().await?.check_start_execution(&template)?;
         let context = context_object(context, limits(ctx))?;
         let launch = executions::launch(&r.db, &template, &r.viewer.id, context, version).await?;
         let row = engine(ctx).start(launch).await?;
@@ -435,10 +437,9 @@ impl Mutation {
             approve,
             comment,
         };
+        let access = r.access().await?;
         let row = engine(ctx)
-            .decide(&exec.id, decision, |rule, e, steps| {
-                r.access.check_decide(rule, e, steps)
-            })
+            .decide(&exec.id, decision, |rule, e, steps| access.check_decide(rule, e, steps))
             .await?;
         Ok(WorkflowExecution::new(row))
     }
@@ -460,7 +461,7 @@ impl Mutation {
     ) -> Result<WorkflowSchedule> {
         let r = rctx(ctx);
         let template = visible_template(r, &input.template_id).await?;
-        r.access.check_create_schedule(&template)?;
+        r.access().await?.check_create_schedule(&template)?;
         let schedule = Schedule::parse("input.", &input.cron, input.timezone.as_deref().unwrap_or("UTC"))?;
         let context = context_object(input.context, limits(ctx))?;
         let row = schedules::create(
@@ -487,7 +488,7 @@ impl Mutation {
     ) -> Result<WorkflowSchedule> {
         let r = rctx(ctx);
         let (current, template) = visible_schedule(r, &id).await?;
-        r.access.check_change_schedule(&current, &template)?;
+        r.access().await?.check_change_schedule(&current, &template)?;
         let cron = input.cron.as_deref().unwrap_or(&current.cron);
         let timezone = match &input.timezone {
             async_graphql::MaybeUndefined::Undefined => current.timezone.as_str(),
@@ -522,7 +523,7 @@ impl Mutation {
     async fn delete_workflow_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
         let r = rctx(ctx);
         let (current, template) = visible_schedule(r, &id).await?;
-        r.access.check_change_schedule(&current, &template)?;
+        r.access().await?.check_change_schedule(&current, &template)?;
         if !schedules::delete(&r.db, &id).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("workflow schedule", &id).into());
         }
@@ -535,9 +536,10 @@ async fn visible_schedule(
     r: &RequestCtx,
     id: &str,
 ) -> ApiResult<(entity::workflow_schedule::Model, entity::workflow_template::Model)> {
+    let access = r.access().await?;
     schedules::find_with_template(&r.db, id)
         .await?
-        .filter(|(_, t)| r.access.can_see_schedule(t))
+        .filter(|(_, t)| access.can_see_schedule(t))
         .ok_or_else(|| ApiError::not_found("workflow schedule", id))
 }
 
@@ -546,7 +548,7 @@ async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workfl
     let exec = crate::domain::executions::find(&r.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("workflow execution", id))?;
-    r.access.check_act_on_execution(&exec)?;
+    r.access().await?.check_act_on_execution(&exec)?;
     Ok(exec)
 }
 

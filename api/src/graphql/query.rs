@@ -30,7 +30,7 @@ impl Query {
     /// Drives the viewer belongs to, newest first.
     async fn drives(&self, ctx: &Context<'_>) -> Result<Vec<Drive>> {
         let r = rctx(ctx);
-        let rows = drives::list(&r.db, &r.access.drive_ids())
+        let rows = drives::list(&r.db, &r.access().await?.drive_ids())
             .await
             .map_err(ApiError::from)?;
         Ok(rows.into_iter().map(Drive).collect())
@@ -38,7 +38,7 @@ impl Query {
 
     async fn drive(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Drive>> {
         let r = rctx(ctx);
-        if !r.access.can_see_drive(&id) {
+        if !r.access().await?.can_see_drive(&id) {
             return Ok(None);
         }
         let row = r.loaders.drives.load_one(id.0).await.map_err(load_err)?;
@@ -67,18 +67,19 @@ impl Query {
     ) -> Result<Vec<WorkflowExecution>> {
         let r = rctx(ctx);
         let drives: Vec<String> = match drive_id {
-            Some(d) if r.access.can_see_drive(&d) => vec![d.0],
+            Some(d) if r.access().await?.can_see_drive(&d) => vec![d.0],
             Some(_) => Vec::new(),
-            None => r.access.drive_ids(),
+            None => r.access().await?.drive_ids(),
         };
         let candidates = domain::approvals::paused_at_steps(&r.db, &drives)
             .await
             .map_err(ApiError::from)?;
+        let access = r.access().await?;
         let with_rules: Vec<_> = candidates
             .into_iter()
             .filter_map(|(e, s)| {
                 let rule = crate::access::approval_rule(&s)?;
-                r.access.may_decide(&rule, &e).then_some((e, s, rule))
+                access.may_decide(&rule, &e).then_some((e, s, rule))
             })
             .collect();
         let step_ids: Vec<String> = with_rules.iter().map(|(_, s, _)| s.id.clone()).collect();
@@ -123,7 +124,7 @@ impl Query {
                 created_by: f.created_by.map(|i| i.0),
             })
             .unwrap_or_default();
-        let scope = r.access.template_scope(&drive_id);
+        let scope = r.access().await?.template_scope(&drive_id);
         let Some(cond) = templates::list_condition(r.db.get_database_backend(), &drive_id, &scope, &filter) else {
             return Ok(empty_templates());
         };
@@ -148,8 +149,9 @@ impl Query {
 
     async fn workflow_template(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowTemplate>> {
         let r = rctx(ctx);
+        let access = r.access().await?;
         let row = r.loaders.templates.load_one(id.0).await.map_err(load_err)?;
-        Ok(row.filter(|t| r.access.can_see_template(t)).map(WorkflowTemplate))
+        Ok(row.filter(|t| access.can_see_template(t)).map(WorkflowTemplate))
     }
 
     /// Executions the viewer may see, newest first.
@@ -172,7 +174,7 @@ impl Query {
                 mine: f.mine.unwrap_or(false),
             })
             .unwrap_or_default();
-        let Some(cond) = executions::list_condition(&r.access.execution_scope(), &filter) else {
+        let Some(cond) = executions::list_condition(&r.access().await?.execution_scope(), &filter) else {
             return Ok(empty_executions());
         };
         let page = executions::list(&r.db, cond.clone(), first, after.as_ref())
@@ -199,7 +201,7 @@ impl Query {
         let r = rctx(ctx);
         let first = page_size(first)?;
         let after = after.as_deref().map(Cursor::decode).transpose()?;
-        let Some(cond) = schedules::list_condition(&drive_id, &r.access.schedule_scope(&drive_id)) else {
+        let Some(cond) = schedules::list_condition(&drive_id, &r.access().await?.schedule_scope(&drive_id)) else {
             return Ok(WorkflowScheduleConnection {
                 nodes: Vec::new(),
                 cursors: Vec::new(),
@@ -232,34 +234,49 @@ impl Query {
         else {
             return Ok(None);
         };
-        if !r.access.can_see_schedule(&template) {
+        if !r.access().await?.can_see_schedule(&template) {
             return Ok(None);
         }
         r.loaders.templates.feed_one(template.id.clone(), template).await;
         Ok(Some(WorkflowSchedule(std::sync::Arc::new(row))))
     }
 
-    async fn workflow_execution(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkflowExecution>> {
+    async fn workflow_execution(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Direct<WorkflowExecution>>> {
         let r = rctx(ctx);
-        // The template, when asked for, comes with the execution in one
-        // statement. The step records are read after the execution (by their
-        // loader), never beside it: they are then at least as new as the
-        // execution row, so a COMPLETED run never shows a step unfinished.
-        let row = if ctx.look_ahead().field("template").exists() {
-            domain::executions::find_with_template(&r.db, &id).await
-        } else {
-            domain::executions::find(&r.db, &id).await.map(|e| e.map(|e| (e, None)))
-        };
-        let Some((row, template)) = row.map_err(ApiError::from)? else {
+        // One statement: the execution, its template, its step records when
+        // asked for, and the viewer's memberships unless this request has
+        // them already (see `executions::detail` for why the step records
+        // are consistent with the execution row).
+        let look = ctx.look_ahead();
+        let with_steps = look.field("steps").exists();
+        let roles_of = (!r.has_access()).then_some(r.viewer.id.as_str());
+        let Some(detail) = domain::executions::detail(&r.db, &id, with_steps, roles_of)
+            .await
+            .map_err(ApiError::from)?
+        else {
             return Ok(None);
         };
-        if !r.sees_execution(&row).await? {
+        let access = match detail.roles {
+            Some(roles) => r.seed_access(roles).await?,
+            None => r.access().await?,
+        };
+        let row = detail.execution;
+        let visible = match &detail.steps {
+            Some(steps) => access.can_see_execution_with_steps(&row, steps),
+            None => r.sees_execution(&row).await?,
+        };
+        if !visible {
             return Ok(None);
         }
-        if let Some(t) = template {
+        if let Some(t) = detail.template {
             r.loaders.templates.feed_one(t.id.clone(), t).await;
         }
-        Ok(Some(WorkflowExecution::new(row)))
+        Ok(Some(Direct(WorkflowExecution(
+            std::sync::Arc::new(row),
+            detail
+                .steps
+                .map(|s| KnownSteps::Read(std::sync::Arc::new(s.into_iter().map(std::sync::Arc::new).collect()))),
+        ))))
     }
 }
 

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::types::{WorkflowExecution, WorkflowExecutionStep, utc};
+use super::types::{KnownSteps, WorkflowExecution, WorkflowExecutionStep, utc};
 use super::{RequestCtx, SchemaData};
 use crate::domain;
 use crate::error::ApiError;
@@ -53,7 +53,7 @@ impl WorkflowExecutionEvent {
     }
     /// The execution's state after this event.
     async fn execution(&self) -> WorkflowExecution {
-        WorkflowExecution(self.0.execution.clone(), Some(self.0.steps.clone()))
+        WorkflowExecution(self.0.execution.clone(), Some(KnownSteps::Event(self.0.steps.clone())))
     }
     /// For STEP_* kinds: the step the event is about.
     async fn step(&self) -> Option<WorkflowExecutionStep> {
@@ -214,10 +214,10 @@ impl Subscription {
     ) -> Result<impl Stream<Item = WorkflowExecutionEvent> + use<>> {
         let r = ctx.data_unchecked::<RequestCtx>();
         let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
-        if !r.access.can_see_drive(&drive_id) {
+        if !r.access().await?.can_see_drive(&drive_id) {
             return Err(ApiError::not_found("drive", &drive_id).into());
         }
-        let access = r.access.snapshot();
+        let access = r.access().await?.snapshot();
         let drive = drive_id.0;
         let watch = engine.relay().map(|r| r.watch_drive(&drive));
         let mut rx = engine.bus().subscribe();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sea_orm::{ColumnTrait, Condition};
 
 use super::json::StoredJson;
+pub use super::render::{Direct, DirectList};
 use super::{RequestCtx, loaders::LoadError};
 use crate::error::ApiError;
 
@@ -157,7 +158,8 @@ impl Drive {
     /// The viewer's role in this drive.
     async fn my_role(&self, ctx: &Context<'_>) -> Result<DriveRoleGql> {
         let r = ctx.data_unchecked::<RequestCtx>();
-        r.access
+        r.access()
+            .await?
             .role(&self.0.id)
             .map(Into::into)
             .ok_or_else(|| ApiError::not_found("drive", &self.0.id).into())
@@ -227,8 +229,8 @@ impl WorkflowTemplate {
     async fn created_by(&self) -> ID {
         ID(self.0.created_by.clone())
     }
-    async fn creator(&self, ctx: &Context<'_>) -> Result<User> {
-        load_user(ctx, &self.0.created_by).await
+    async fn creator(&self, ctx: &Context<'_>) -> Result<Direct<User>> {
+        load_user(ctx, &self.0.created_by).await.map(Direct)
     }
     async fn category(&self) -> Option<&str> {
         self.0.category.as_deref()
@@ -290,7 +292,7 @@ impl WorkflowTemplate {
     /// retention sweep; see the README for what each number means.
     async fn stats(&self, ctx: &Context<'_>, since: Option<DateTime<Utc>>) -> Result<WorkflowTemplateStats> {
         let r = ctx.data_unchecked::<RequestCtx>();
-        if !r.access.can_see_template_stats(&self.0) {
+        if !r.access().await?.can_see_template_stats(&self.0) {
             return Err(ApiError::not_found("workflow template", &self.0.id).into());
         }
         let key = super::loaders::StatsKey {
@@ -307,7 +309,7 @@ impl WorkflowTemplate {
         Ok(WorkflowTemplateStats::from(stats.as_ref()))
     }
     /// Ordered by `stepOrder`.
-    async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowStep>> {
+    async fn steps(&self, ctx: &Context<'_>) -> Result<DirectList<WorkflowStep>> {
         let r = ctx.data_unchecked::<RequestCtx>();
         let rows = r
             .loaders
@@ -316,7 +318,7 @@ impl WorkflowTemplate {
             .await
             .map_err(load_err)?
             .unwrap_or_default();
-        Ok(rows.into_iter().map(WorkflowStep).collect())
+        Ok(DirectList(rows.into_iter().map(WorkflowStep).collect()))
     }
     /// The template's schedules, newest first.
     async fn schedules(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowSchedule>> {
@@ -493,7 +495,16 @@ impl WorkflowStep {
 #[derive(Clone)]
 /// An execution row, with its step records when the caller already has them
 /// (subscription events carry the state after the event).
-pub struct WorkflowExecution(pub Arc<execution::Model>, pub Option<Arc<Vec<exec_step::Model>>>);
+pub struct WorkflowExecution(pub Arc<execution::Model>, pub Option<KnownSteps>);
+
+/// Step records that came with the execution row, so `steps` reads nothing.
+#[derive(Clone)]
+pub enum KnownSteps {
+    /// An event's state, shared by every subscriber it is rendered for.
+    Event(Arc<Vec<exec_step::Model>>),
+    /// Read in the same statement as the row (`executions::detail`).
+    Read(Arc<Vec<Arc<exec_step::Model>>>),
+}
 
 impl WorkflowExecution {
     pub fn new(row: execution::Model) -> Self {
@@ -544,10 +555,9 @@ impl WorkflowExecution {
             return Ok(None);
         };
         let r = ctx.data_unchecked::<RequestCtx>();
+        let access = r.access().await?;
         let row = r.loaders.executions.load_one(id.clone()).await.map_err(load_err)?;
-        Ok(row
-            .filter(|e| r.access.can_see_execution(e))
-            .map(WorkflowExecution::new))
+        Ok(row.filter(|e| access.can_see_execution(e)).map(WorkflowExecution::new))
     }
     /// The runs that re-run this one, oldest first (those the viewer may see).
     async fn retries(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowExecution>> {
@@ -559,9 +569,10 @@ impl WorkflowExecution {
             .await
             .map_err(load_err)?
             .unwrap_or_default();
+        let access = r.access().await?;
         Ok(rows
             .into_iter()
-            .filter(|e| r.access.can_see_execution(e))
+            .filter(|e| access.can_see_execution(e))
             .map(WorkflowExecution::new)
             .collect())
     }
@@ -590,14 +601,27 @@ impl WorkflowExecution {
         self.0.scheduled_for.map(utc)
     }
     /// Ordered by `stepOrder`.
-    async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<WorkflowExecutionStep>> {
+    async fn steps(&self, ctx: &Context<'_>) -> Result<DirectList<WorkflowExecutionStep>> {
         // An event carries the steps as they were after it: no query per
         // subscriber per event, and the state matches the event.
-        if let Some(steps) = &self.1 {
-            return Ok(steps
-                .iter()
-                .map(|s| WorkflowExecutionStep::of(Arc::new(s.clone()), &self.0))
-                .collect());
+        match &self.1 {
+            Some(KnownSteps::Event(steps)) => {
+                return Ok(DirectList(
+                    steps
+                        .iter()
+                        .map(|s| WorkflowExecutionStep::of(Arc::new(s.clone()), &self.0))
+                        .collect(),
+                ));
+            }
+            Some(KnownSteps::Read(steps)) => {
+                return Ok(DirectList(
+                    steps
+                        .iter()
+                        .map(|s| WorkflowExecutionStep::of(s.clone(), &self.0))
+                        .collect(),
+                ));
+            }
+            None => {}
         }
         let r = ctx.data_unchecked::<RequestCtx>();
         let rows = r
@@ -607,10 +631,11 @@ impl WorkflowExecution {
             .await
             .map_err(load_err)?
             .unwrap_or_default();
-        Ok(rows
-            .into_iter()
-            .map(|s| WorkflowExecutionStep::of(s, &self.0))
-            .collect())
+        Ok(DirectList(
+            rows.into_iter()
+                .map(|s| WorkflowExecutionStep::of(s, &self.0))
+                .collect(),
+        ))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
@@ -853,7 +878,7 @@ impl WorkflowSchedule {
         let r = ctx.data_unchecked::<RequestCtx>();
         let first = page_size(first)?;
         let after = after.as_deref().map(Cursor::decode).transpose()?;
-        let Some(user_id) = r.access.schedule_runs_filter(&self.0.drive_id) else {
+        let Some(user_id) = r.access().await?.schedule_runs_filter(&self.0.drive_id) else {
             return Ok(WorkflowExecutionConnection {
                 nodes: Vec::new(),
                 cursors: Vec::new(),
@@ -925,7 +950,7 @@ pub struct PageInfo {
 /// Relay connection over a page of rows; `totalCount` runs its COUNT only
 /// when a client asks for it.
 macro_rules! connection {
-    ($conn:ident, $edge:ident, $node:ident, $count:path) => {
+    ($conn:ident, $edge:ident, $node:ident, $list:ident, $count:path) => {
         #[derive(SimpleObject)]
         pub struct $edge {
             pub cursor: String,
@@ -951,8 +976,8 @@ macro_rules! connection {
                     })
                     .collect()
             }
-            async fn nodes(&self) -> Vec<$node> {
-                self.nodes.iter().map(Clone::clone).collect()
+            async fn nodes(&self) -> $list<$node> {
+                self.nodes.iter().map(Clone::clone).collect::<Vec<_>>().into()
             }
             async fn page_info(&self) -> &PageInfo {
                 &self.page_info
@@ -972,18 +997,21 @@ connection!(
     WorkflowTemplateConnection,
     WorkflowTemplateEdge,
     WorkflowTemplate,
+    DirectList,
     crate::domain::templates::count
 );
 connection!(
     WorkflowScheduleConnection,
     WorkflowScheduleEdge,
     WorkflowSchedule,
+    Vec,
     crate::domain::schedules::count
 );
 connection!(
     WorkflowExecutionConnection,
     WorkflowExecutionEdge,
     WorkflowExecution,
+    DirectList,
     crate::domain::executions::count
 );
 
@@ -1076,6 +1104,181 @@ impl From<&crate::domain::stats::TemplateStats> for WorkflowTemplateStats {
                     duration_ms: t.into(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The plain fields of the types the big reads return, written as text
+/// (`render`). Each arm writes what the field's resolver above returns.
+mod plain {
+    use std::io::Write;
+
+    use async_graphql::resolver_utils::enum_value;
+    use chrono::NaiveDateTime;
+
+    use super::*;
+    use crate::graphql::json::{write_str, write_value};
+    use crate::graphql::render::Plain;
+
+    fn str_or_null(s: Option<&str>, out: &mut Vec<u8>) {
+        match s {
+            Some(s) => write_str(s, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn int(n: i32, out: &mut Vec<u8>) {
+        write!(out, "{n}").expect("writing to a Vec");
+    }
+
+    fn int_or_null(n: Option<i32>, out: &mut Vec<u8>) {
+        match n {
+            Some(n) => int(n, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn boolean(b: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+
+    fn time(t: NaiveDateTime, out: &mut Vec<u8>) {
+        write_str(&utc(t).to_rfc3339(), out);
+    }
+
+    fn time_or_null(t: Option<NaiveDateTime>, out: &mut Vec<u8>) {
+        match t {
+            Some(t) => time(t, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn json(v: &serde_json::Value, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, v).expect("a JSON value serializes");
+    }
+
+    fn json_or_null(v: Option<&serde_json::Value>, out: &mut Vec<u8>) {
+        match v {
+            Some(v) => json(v, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    impl Plain for User {
+        fn write_plain(&self, name: &str, out: &mut Vec<u8>) -> bool {
+            let u = &self.0;
+            match name {
+                "id" => write_str(&u.id, out),
+                "name" => str_or_null(u.name.as_deref(), out),
+                "email" => str_or_null(u.email.as_deref(), out),
+                _ => return false,
+            }
+            true
+        }
+    }
+
+    impl Plain for WorkflowTemplate {
+        fn write_plain(&self, name: &str, out: &mut Vec<u8>) -> bool {
+            let t = &self.0;
+            match name {
+                "id" => write_str(&t.id, out),
+                "name" => write_str(&t.name, out),
+                "description" => str_or_null(t.description.as_deref(), out),
+                "driveId" => write_str(&t.drive_id, out),
+                "createdBy" => write_str(&t.created_by, out),
+                "category" => str_or_null(t.category.as_deref(), out),
+                "tags" => {
+                    out.push(b'[');
+                    for (i, tag) in t.tags.0.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_str(tag, out);
+                    }
+                    out.push(b']');
+                }
+                "isPublic" => boolean(t.is_public, out),
+                "version" => int(t.version, out),
+                "parentTemplateId" => str_or_null(t.parent_template_id.as_deref(), out),
+                "createdAt" => time(t.created_at, out),
+                "updatedAt" => time(t.updated_at, out),
+                _ => return false,
+            }
+            true
+        }
+    }
+
+    impl Plain for WorkflowStep {
+        fn write_plain(&self, name: &str, out: &mut Vec<u8>) -> bool {
+            let s = &self.0;
+            match name {
+                "id" => write_str(&s.id, out),
+                "workflowTemplateId" => write_str(&s.workflow_template_id, out),
+                "stepOrder" => int(s.step_order, out),
+                "agentId" => write_str(&s.agent_id, out),
+                "promptTemplate" => write_str(&s.prompt_template, out),
+                "requiresUserInput" => boolean(s.requires_user_input, out),
+                "inputSchema" => json_or_null(s.input_schema.as_ref(), out),
+                "metadata" => json_or_null(s.metadata.as_ref(), out),
+                "condition" => json_or_null(s.condition.as_ref(), out),
+                "parallelGroup" => str_or_null(s.parallel_group.as_deref(), out),
+                "createdAt" => time(s.created_at, out),
+                "updatedAt" => time(s.updated_at, out),
+                _ => return false,
+            }
+            true
+        }
+    }
+
+    impl Plain for WorkflowExecution {
+        fn write_plain(&self, name: &str, out: &mut Vec<u8>) -> bool {
+            let e = &self.0;
+            match name {
+                "id" => write_str(&e.id, out),
+                "workflowTemplateId" => write_str(&e.workflow_template_id, out),
+                "userId" => write_str(&e.user_id, out),
+                "driveId" => write_str(&e.drive_id, out),
+                "status" => write_value(&enum_value(ExecutionStatusGql::from(e.status)), out),
+                "currentStepOrder" => int_or_null(e.current_step_order, out),
+                "accumulatedContext" => json(&e.accumulated_context, out),
+                "initialContext" => json(&e.initial_context, out),
+                "templateVersion" => int(e.template_version, out),
+                "startedAt" => time_or_null(e.started_at, out),
+                "pausedAt" => time_or_null(e.paused_at, out),
+                "completedAt" => time_or_null(e.completed_at, out),
+                "failedAt" => time_or_null(e.failed_at, out),
+                "errorMessage" => str_or_null(e.error_message.as_deref(), out),
+                "scheduleId" => str_or_null(e.schedule_id.as_deref(), out),
+                "scheduledFor" => time_or_null(e.scheduled_for, out),
+                "createdAt" => time(e.created_at, out),
+                "updatedAt" => time(e.updated_at, out),
+                _ => return false,
+            }
+            true
+        }
+    }
+
+    impl Plain for WorkflowExecutionStep {
+        fn write_plain(&self, name: &str, out: &mut Vec<u8>) -> bool {
+            let s = &self.0;
+            match name {
+                "id" => write_str(&s.id, out),
+                "workflowExecutionId" => write_str(&s.workflow_execution_id, out),
+                "workflowStepId" => str_or_null(s.workflow_step_id.as_deref(), out),
+                "stepOrder" => int(s.step_order, out),
+                "status" => write_value(&enum_value(StepStatusGql::from(s.status)), out),
+                "agentInput" => json_or_null(s.agent_input.as_ref(), out),
+                "agentOutput" => json_or_null(s.agent_output.as_ref(), out),
+                "userInput" => json_or_null(s.user_input.as_ref(), out),
+                "startedAt" => time_or_null(s.started_at, out),
+                "completedAt" => time_or_null(s.completed_at, out),
+                "errorMessage" => str_or_null(s.error_message.as_deref(), out),
+                "reused" => boolean(s.reused, out),
+                "createdAt" => time(s.created_at, out),
+                "updatedAt" => time(s.updated_at, out),
+                _ => return false,
+            }
+            true
         }
     }
 }

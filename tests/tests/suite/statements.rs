@@ -147,11 +147,9 @@ async fn execution_detail_uses_a_constant_number_of_statements() {
         }
     }
     println!("statements: execution detail -> {best}");
-    // The viewer's memberships, the execution with its template, its steps.
-    assert!(
-        best <= 3,
-        "{best} statements for one execution detail (at most 3 expected)"
-    );
+    // The execution with its template, its steps and the viewer's
+    // memberships: one statement (`executions::detail`).
+    assert_eq!(best, 1, "{best} statements for one execution detail (1 expected)");
 }
 
 /// The fewest statements of three tries of one request.
