@@ -286,6 +286,48 @@ async fn sigterm_finishes_the_step_in_flight_and_hands_the_run_over() {
     );
 }
 
+/// A run whose lease ran out while its own instance still worked on it (its
+/// renewal came late, or another instance held the lease a moment) is swept
+/// back by that instance: the runner already at work goes on, and no second
+/// one repeats the step in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_swept_back_by_its_own_instance_runs_each_step_once() {
+    use sea_orm::ConnectionTrait;
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(12, 250)]).await;
+    let agents = agents_file(&url);
+    let a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "slowpoke", "promptTemplate": "slow"}, {"agentId": "echo", "promptTemplate": "after {{step_0_output.text}}"}]),
+    )
+    .await;
+    let id = start(&a, &owner, &t, json!({})).await;
+    wait_requests(&stub, 1).await;
+    // As if the lease had lapsed to someone else, who is gone too: this
+    // instance's renewals leave it alone, its sweep takes it back.
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    let lapsed = conn
+        .execute_unprepared(&format!(
+            r#"UPDATE workflow_executions SET "leaseOwner" = 'gone', "leaseExpiresAt" = '2000-01-01 00:00:00' WHERE id = '{id}'"#
+        ))
+        .await
+        .unwrap();
+    assert_eq!(lapsed.rows_affected(), 1);
+    drop(conn);
+    let done = wait_for(&a, &owner, &id, "COMPLETED", Duration::from_secs(20)).await;
+    assert!(a.log_text().contains("a lease ran out"), "{}", a.log_text());
+    assert_eq!(stub.request_count(), 1, "the step in flight ran once");
+    assert_eq!(
+        done["steps"][0]["agentOutput"]["text"],
+        "one two three four five six seven eight one two three four "
+    );
+    assert_eq!(
+        done["steps"][1]["agentOutput"]["text"],
+        "after one two three four five six seven eight one two three four "
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_runs_split_across_two_instances_each_step_once() {
     if !is_postgres() {
@@ -313,9 +355,29 @@ async fn many_runs_split_across_two_instances_each_step_once() {
     for id in &ids {
         wait_for(&a, &owner, id, "COMPLETED", Duration::from_secs(60)).await;
     }
-    assert_eq!(stub.request_count(), runs);
+    // What the instances said about leases, should a step have run twice.
+    let leases = || {
+        [&a, &b]
+            .iter()
+            .flat_map(|s| {
+                s.log_text()
+                    .lines()
+                    .filter(|l| l.contains("lease") || l.contains("taking over"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(stub.request_count(), runs, "{}", leases());
     for n in 0..runs {
-        assert_eq!(stub.requests_mentioning(&format!("run-{n}-x")), 1, "run {n}");
+        assert_eq!(
+            stub.requests_mentioning(&format!("run-{n}-x")),
+            1,
+            "run {n}\n{}",
+            leases()
+        );
     }
 }
 
@@ -479,14 +541,26 @@ async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
     .await;
     let id = start(&a, &owner, &t, json!({})).await;
     wait_requests(&stub, 2).await;
-    let before = execution(&b, &owner, &id).await;
-    let statuses: Vec<&str> = before["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["COMPLETED", "RUNNING", "RUNNING", "PENDING"], "{before}");
+    // The quick step's answer is stored a moment after the slow ones were
+    // asked (later still on a loaded machine); they take 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let before = loop {
+        let e = execution(&b, &owner, &id).await;
+        let statuses: Vec<&str> = e["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_str().unwrap())
+            .collect();
+        if statuses == ["COMPLETED", "RUNNING", "RUNNING", "PENDING"] {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline && statuses == ["RUNNING", "RUNNING", "RUNNING", "PENDING"],
+            "{e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     a.kill9().await;
 
     let done = wait_for(&b, &owner, &id, "COMPLETED", Duration::from_secs(30)).await;

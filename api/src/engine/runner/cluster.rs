@@ -33,6 +33,14 @@ impl Engine {
                 {
                     Ok(ids) => {
                         for id in ids {
+                            if engine.runs_here(&id) {
+                                // This instance's own run, whose lease ran out
+                                // while it worked (renewing was late): the
+                                // sweep renewed it, and its runner goes on. A
+                                // second runner would repeat its steps.
+                                tracing::warn!(execution = %id, "a lease ran out while this instance held it; renewed");
+                                continue;
+                            }
                             tracing::info!(execution = %id, "taking over a run nobody was working on");
                             engine.forget(&id);
                             engine.spawn(id, None);
@@ -53,7 +61,32 @@ impl Engine {
         }
     }
 
+    /// Whether a runner of this process works on `id` now.
+    pub(super) fn runs_here(&self, id: &str) -> bool {
+        self.live
+            .lock()
+            .expect("live lock")
+            .get(id)
+            .is_some_and(|l| l.runner.load(Ordering::SeqCst))
+    }
+
+    /// Extends this instance's leases. On PostgreSQL a run whose row is
+    /// locked is left out rather than waited for: the lock is this
+    /// instance's own write to it, which renews its lease itself (nobody
+    /// else writes a RUNNING run whose lease holds), and waiting would hold
+    /// up every other lease behind it.
     pub(super) async fn renew(&self) -> Result<(), DbErr> {
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            let sql = r#"UPDATE workflow_executions SET "leaseExpiresAt" = $1
+                WHERE id IN (SELECT id FROM workflow_executions
+                             WHERE "leaseOwner" = $2 AND status = 'running'
+                             FOR UPDATE SKIP LOCKED)"#;
+            let values = vec![self.lease_until().into(), self.instance.clone().into()];
+            self.db
+                .execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                .await?;
+            return Ok(());
+        }
         execution::Entity::update_many()
             .set(execution::ActiveModel {
                 lease_expires_at: Set(Some(self.lease_until())),
@@ -166,13 +199,7 @@ impl Engine {
         note: Note,
     ) {
         if note.k == 'C' {
-            let owned = self
-                .live
-                .lock()
-                .expect("live lock")
-                .get(&note.e)
-                .is_some_and(|l| l.runner.load(Ordering::SeqCst));
-            if owned {
+            if self.runs_here(&note.e) {
                 let engine = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = engine.cancel(&note.e).await {

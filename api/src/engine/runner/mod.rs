@@ -9,9 +9,12 @@
 //!
 //! Across instances (PostgreSQL), a RUNNING execution is worked on by the
 //! instance holding its lease (`leaseOwner`, `leaseExpiresAt`), renewed while
-//! it works; every write of the runner is fenced on owning the lease. A sweep
+//! it works (and by each of its writes); every write of the runner is fenced
+//! on owning the lease and on the stored `sequence` being no later than the
+//! runner's own, so a runner that lost the lease writes nothing more. A sweep
 //! takes over runs whose lease expired, re-running a step that was RUNNING
-//! (at least once) and never a COMPLETED or SKIPPED one. Events reach other
+//! (at least once) and never a COMPLETED or SKIPPED one; a run this instance
+//! sweeps back while its own runner is still at work keeps that one runner. Events reach other
 //! instances through the relay (LISTEN/NOTIFY).
 
 use std::collections::HashMap;

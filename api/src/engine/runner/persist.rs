@@ -13,8 +13,13 @@ impl Engine {
         &self,
         seq: &mut Option<i64>,
         state: &mut RunState,
-        change: Change,
+        mut change: Change,
     ) -> Result<bool, DbErr> {
+        if change.owned && change.exec.lease.is_none() {
+            // A runner's write is the surest sign it is alive: it renews the
+            // lease, whatever the renewal loop is waiting on.
+            change.exec.lease = Some(Some(self.lease_until()));
+        }
         // This instance's own count when it has one; otherwise the stored
         // one, above anything a previous owner may have handed out.
         let base = match *seq {
@@ -43,7 +48,15 @@ impl Engine {
             .filter(execution::Column::Id.eq(state.exec.id.clone()))
             .filter(execution::Column::Status.is_in(change.expect.iter().copied()));
         if change.owned {
-            exec_update = exec_update.filter(execution::Column::LeaseOwner.eq(self.instance.clone()));
+            // Fenced twice: this instance holds the lease, and nobody wrote
+            // since this runner last did. A new owner numbers its first write
+            // above every sequence handed out here (deltas included, through
+            // `sequenceReserved`), so a runner that lost the lease while an
+            // agent answered, even one whose instance has taken the lease
+            // back since, finds its write refused and stops.
+            exec_update = exec_update
+                .filter(execution::Column::LeaseOwner.eq(self.instance.clone()))
+                .filter(execution::Column::Sequence.lte(state.exec.sequence));
         }
         if let Some((key, value)) = &p.context_add {
             exec_update = exec_update.col_expr(
