@@ -8,12 +8,12 @@ use std::sync::LazyLock;
 use entity::DriveRole;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ColumnType, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    IdenStatic, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::pagination::{Cursor, Page};
-use super::{steps, versions};
+use super::{nested, steps, versions};
 use crate::access::ExecutionScope;
 use crate::engine::definition::StepDefinition;
 use crate::engine::runner::{Launch, Seed};
@@ -121,26 +121,18 @@ pub async fn detail(
 /// The correlated subquery that gives an execution's step records as one
 /// JSON array (in no particular order).
 fn steps_json_sql(backend: DbBackend) -> &'static str {
-    static POSTGRES: &str = r#"(SELECT json_agg(s)::text FROM "workflow_execution_steps" s WHERE s."workflowExecutionId" = "workflow_executions"."id")"#;
-    static SQLITE: LazyLock<String> = LazyLock::new(|| {
-        // Every column by name; JSON columns through json() so they nest as
-        // JSON rather than as strings.
-        let fields: Vec<String> = exec_step::Column::iter()
-            .map(|c| {
-                let name = c.as_str();
-                match c.def().get_column_type() {
-                    ColumnType::Json | ColumnType::JsonBinary => format!(r#"'{name}', json(s."{name}")"#),
-                    _ => format!(r#"'{name}', s."{name}""#),
-                }
-            })
-            .collect();
-        format!(
-            r#"(SELECT json_group_array(json_object({})) FROM "workflow_execution_steps" s WHERE s."workflowExecutionId" = "workflow_executions"."id")"#,
-            fields.join(", ")
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| steps_json(DbBackend::Postgres));
+    static SQLITE: LazyLock<String> = LazyLock::new(|| steps_json(DbBackend::Sqlite));
+    fn steps_json(backend: DbBackend) -> String {
+        nested::array_sql::<exec_step::Column>(
+            backend,
+            "workflow_execution_steps",
+            "workflowExecutionId",
+            r#""workflow_executions"."id""#,
         )
-    });
+    }
     match backend {
-        DbBackend::Postgres => POSTGRES,
+        DbBackend::Postgres => POSTGRES.as_str(),
         _ => SQLITE.as_str(),
     }
 }
@@ -171,29 +163,18 @@ struct StepJson {
 
 impl StepJson {
     fn into_model(self) -> Result<exec_step::Model, DbErr> {
-        let time = |t: &str| {
-            let t = t.replacen(' ', "T", 1);
-            chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f")
-                .map_err(|e| DbErr::Type(format!("step record {}: timestamp {t:?}: {e}", self.id)))
-        };
-        let opt_time = |t: &Option<String>| t.as_deref().map(time).transpose();
+        let bad = |e: String| DbErr::Type(format!("step record {}: {e}", self.id));
         Ok(exec_step::Model {
             status: StepStatus::try_from_value(&self.status)?,
-            started_at: opt_time(&self.started_at)?,
-            completed_at: opt_time(&self.completed_at)?,
-            created_at: time(&self.created_at)?,
-            updated_at: time(&self.updated_at)?,
-            reused: match &self.reused {
-                serde_json::Value::Bool(b) => *b,
-                serde_json::Value::Number(n) => n.as_i64() != Some(0),
-                other => return Err(DbErr::Type(format!("step record {}: reused {other}", self.id))),
-            },
-            // In an array, a JSON `null` and SQL NULL look the same; both
-            // render as `null`, and no writer stores a JSON `null` here.
-            agent_input: self.agent_input.filter(|v| !v.is_null()),
-            agent_output: self.agent_output.filter(|v| !v.is_null()),
-            user_input: self.user_input.filter(|v| !v.is_null()),
-            definition: self.definition.filter(|v| !v.is_null()),
+            started_at: nested::opt_time(self.started_at.as_deref()).map_err(bad)?,
+            completed_at: nested::opt_time(self.completed_at.as_deref()).map_err(bad)?,
+            created_at: nested::time(&self.created_at).map_err(bad)?,
+            updated_at: nested::time(&self.updated_at).map_err(bad)?,
+            reused: nested::flag(&self.reused).map_err(|e| bad(format!("reused: {e}")))?,
+            agent_input: nested::json(self.agent_input),
+            agent_output: nested::json(self.agent_output),
+            user_input: nested::json(self.user_input),
+            definition: nested::json(self.definition),
             id: self.id,
             workflow_execution_id: self.workflow_execution_id,
             workflow_step_id: self.workflow_step_id,

@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod cron;
 pub mod drives;
 pub mod executions;
+pub mod nested;
 pub mod pagination;
 pub mod schedules;
 pub mod stats;

@@ -68,26 +68,37 @@ pub async fn newest_first<E: EntityTrait>(
     after: Option<&Cursor>,
 ) -> Result<Page<E::Model>, DbErr> {
     let mut query = query;
-    if let Some(c) = after {
-        query = query.filter(
-            Condition::any().add(created_at.lt(c.created_at)).add(
-                Condition::all()
-                    .add(created_at.eq(c.created_at))
-                    .add(id.lt(c.id.clone())),
-            ),
-        );
+    if let Some(c) = after.map(|c| older_than(created_at, id, c)) {
+        query = query.filter(c);
     }
-    let mut rows = query
+    let rows = query
         .order_by_desc(created_at)
         .order_by_desc(id)
         .limit(first + 1)
         .all(db)
         .await?;
-    let has_next_page = rows.len() as u64 > first;
-    rows.truncate(first as usize);
-    Ok(Page {
-        rows,
-        has_next_page,
-        has_previous_page: after.is_some(),
-    })
+    Ok(Page::of(rows, first, after))
+}
+
+/// The rows after cursor `c`, newest first by (`created_at`, `id`).
+pub fn older_than<C: ColumnTrait>(created_at: C, id: C, c: &Cursor) -> Condition {
+    Condition::any().add(created_at.lt(c.created_at)).add(
+        Condition::all()
+            .add(created_at.eq(c.created_at))
+            .add(id.lt(c.id.clone())),
+    )
+}
+
+impl<T> Page<T> {
+    /// A page from up to `first + 1` rows read after `after`: the extra
+    /// row only tells that there is a next page.
+    pub fn of(mut rows: Vec<T>, first: u64, after: Option<&Cursor>) -> Self {
+        let has_next_page = rows.len() as u64 > first;
+        rows.truncate(first as usize);
+        Page {
+            rows,
+            has_next_page,
+            has_previous_page: after.is_some(),
+        }
+    }
 }

@@ -318,60 +318,34 @@ impl Loaders {
         }
     }
 
-    /// Loads what a page of templates will ask for — steps, creators,
-    /// drives — in one query each, up front, so the statement count does not
-    /// depend on how the executor interleaves the page's resolvers.
-    pub async fn prefetch_templates(
-        &self,
-        db: &DatabaseConnection,
-        rows: &[template::Model],
-        steps: bool,
-        creators: bool,
-        drives: bool,
-    ) -> Result<(), DbErr> {
-        let ids: Vec<String> = rows.iter().map(|t| t.id.clone()).collect();
-        let mut user_ids: Vec<String> = rows.iter().map(|t| t.created_by.clone()).collect();
-        user_ids.sort();
-        user_ids.dedup();
+    /// Primes the caches with the creators and steps a page of templates
+    /// read in its own statement (`templates::page`).
+    pub async fn feed_template_page(&self, rows: &[domain::templates::PageRow]) {
+        let mut users: HashMap<String, user::Model> = HashMap::new();
+        let mut steps: HashMap<String, Vec<Arc<step::Model>>> = HashMap::new();
+        for row in rows {
+            if let Some(u) = &row.creator {
+                users.entry(u.id.clone()).or_insert_with(|| u.clone());
+            }
+            if let Some(s) = &row.steps {
+                steps.insert(row.template.id.clone(), s.iter().cloned().map(Arc::new).collect());
+            }
+        }
+        self.users.feed_many(users).await;
+        if !steps.is_empty() {
+            self.steps_of_template.feed_many(steps).await;
+        }
+    }
+
+    /// Loads the drives of a page of templates in one query, up front.
+    pub async fn prefetch_drives(&self, db: &DatabaseConnection, rows: &[template::Model]) -> Result<(), DbErr> {
         let mut drive_ids: Vec<String> = rows.iter().map(|t| t.drive_id.clone()).collect();
         drive_ids.sort();
         drive_ids.dedup();
-        let (s, u, d) = tokio::join!(
-            async {
-                if steps {
-                    Some(domain::steps::of_templates(db, &ids).await)
-                } else {
-                    None
-                }
-            },
-            async {
-                if creators {
-                    Some(domain::users::find_many(db, &user_ids).await)
-                } else {
-                    None
-                }
-            },
-            async {
-                if drives {
-                    Some(domain::drives::find_many(db, &drive_ids).await)
-                } else {
-                    None
-                }
-            },
-        );
-        if let Some(s) = s {
-            let mut map: HashMap<String, Vec<Arc<step::Model>>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
-            for r in s? {
-                map.entry(r.workflow_template_id.clone()).or_default().push(Arc::new(r));
-            }
-            self.steps_of_template.feed_many(map).await;
-        }
-        if let Some(u) = u {
-            self.users.feed_many(u?.into_iter().map(|r| (r.id.clone(), r))).await;
-        }
-        if let Some(d) = d {
-            self.drives.feed_many(d?.into_iter().map(|r| (r.id.clone(), r))).await;
-        }
+        let drives = domain::drives::find_many(db, &drive_ids).await?;
+        self.drives
+            .feed_many(drives.into_iter().map(|r| (r.id.clone(), r)))
+            .await;
         Ok(())
     }
 }

@@ -5,8 +5,9 @@ use async_graphql::{Context, ID, Object, Result};
 use super::RequestCtx;
 use super::inputs::{WorkflowExecutionFilter, WorkflowTemplateFilter};
 use super::types::*;
+use crate::access::TemplateScope;
 use crate::domain::executions::ExecutionFilter;
-use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, page_size};
+use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, Page, page_size};
 use crate::domain::templates::TemplateFilter;
 use crate::domain::{self, drives, executions, schedules, templates, users};
 use crate::error::ApiError;
@@ -124,20 +125,32 @@ impl Query {
                 created_by: f.created_by.map(|i| i.0),
             })
             .unwrap_or_default();
-        let scope = r.access().await?.template_scope(&drive_id);
-        let Some(cond) = templates::list_condition(r.db.get_database_backend(), &drive_id, &scope, &filter) else {
+        // Who sees what is decided in the page's own statement, from the
+        // stored memberships: the page, its creators and its steps are one
+        // statement, with no read of the memberships before it.
+        let backend = r.db.get_database_backend();
+        let Some(cond) = templates::list_condition(backend, &drive_id, &TemplateScope::All, &filter) else {
             return Ok(empty_templates());
         };
-        let page = templates::list(&r.db, cond.clone(), first, after.as_ref())
-            .await
-            .map_err(ApiError::from)?;
+        let cond = cond.add(templates::visible_to(backend, &r.viewer.id));
         let look = ctx.look_ahead();
         let wants =
             |f: &str| look.field("nodes").field(f).exists() || look.field("edges").field("node").field(f).exists();
-        r.loaders
-            .prefetch_templates(&r.db, &page.rows, wants("steps"), wants("creator"), wants("drive"))
+        let page = templates::page(&r.db, cond.clone(), first, after.as_ref(), wants("steps"))
             .await
             .map_err(ApiError::from)?;
+        r.loaders.feed_template_page(&page.rows).await;
+        let page = Page {
+            rows: page.rows.into_iter().map(|p| p.template).collect::<Vec<_>>(),
+            has_next_page: page.has_next_page,
+            has_previous_page: page.has_previous_page,
+        };
+        if wants("drive") {
+            r.loaders
+                .prefetch_drives(&r.db, &page.rows)
+                .await
+                .map_err(ApiError::from)?;
+        }
         let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
             page_info: PageInfo::of(&page, &cursors),
