@@ -111,6 +111,7 @@ impl QueryLimits {
             .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
         self.check(doc)?;
         let direct = !crate::graphql::render::merges_composite_fields(doc);
+        let columns = crate::graphql::render::step_json_columns(doc);
         let op = doc.operations.iter().find(|(name, _)| match (&wanted, name) {
             (Some(want), Some(n)) => n.as_str() == want,
             (Some(_), None) => false,
@@ -133,6 +134,7 @@ impl QueryLimits {
         if direct {
             request.data.insert(crate::graphql::render::DirectJson);
         }
+        request.data.insert(columns);
         Ok(admitted)
     }
 

@@ -2,17 +2,15 @@
 //! delete, and the filtered, paginated list.
 
 use entity::Tags;
+use entity::user;
 use entity::workflow_template::{self as template, search_text};
-use entity::{user, workflow_step as step};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
-use std::sync::LazyLock;
 
-use super::nested;
 use super::pagination::{Cursor, Page, older_than};
 use super::steps::{self, NewStep};
 use super::{new_id, now, versions};
@@ -267,125 +265,38 @@ pub fn visible_to(backend: DbBackend, user_id: &str) -> Condition {
     Condition::all().add(Expr::cust_with_values(sql, [user_id.to_owned(), user_id.to_owned()]))
 }
 
-/// A row of a page read by `page`: the template, its creator, and its
-/// steps in step order when they were asked for.
+/// A row of a page read by `page`: the template and its creator.
 pub struct PageRow {
     pub template: template::Model,
     pub creator: Option<user::Model>,
-    pub steps: Option<Vec<step::Model>>,
 }
 
-/// One page, newest first, after `after`, in one statement: each template
-/// with its creator (joined) and, with `with_steps`, its steps (a JSON
-/// array in the row).
+/// One page, newest first, after `after`, in one statement, each template
+/// with its creator (joined). Its steps are a second statement
+/// (`steps::of_templates`): nested as JSON in this one, PostgreSQL spent
+/// more building the JSON than the statement saved (BENCHMARKS.md).
 pub async fn page(
     db: &impl ConnectionTrait,
     cond: Condition,
     first: u64,
     after: Option<&Cursor>,
-    with_steps: bool,
 ) -> Result<Page<PageRow>, DbErr> {
-    let backend = db.get_database_backend();
     let mut query = template::Entity::find().filter(cond);
     if let Some(c) = after {
         query = query.filter(older_than(template::Column::CreatedAt, template::Column::Id, c));
     }
-    let mut select = query.find_also_related(user::Entity);
-    if with_steps {
-        select = select.expr_as(Expr::cust(steps_json_sql(backend)), "page_steps");
-    }
-    let select = select
+    let rows = query
+        .find_also_related(user::Entity)
         .order_by_desc(template::Column::CreatedAt)
         .order_by_desc(template::Column::Id)
-        .limit(first + 1);
-    let rows = db.query_all_raw(select.build(backend)).await?;
+        .limit(first + 1)
+        .all(db)
+        .await?;
     let rows = rows
-        .iter()
-        .map(|row| {
-            let template = template::Model::from_query_result(row, "A_")?;
-            let creator = user::Model::from_query_result_optional(row, "B_")?;
-            let steps = if with_steps {
-                let text: Option<String> = row.try_get("", "page_steps")?;
-                let mut steps = match text {
-                    Some(t) => serde_json::from_str::<Vec<StepJson>>(&t)
-                        .map_err(|e| DbErr::Type(format!("the steps of template {}: {e}", template.id)))?
-                        .into_iter()
-                        .map(StepJson::into_model)
-                        .collect::<Result<Vec<_>, _>>()?,
-                    None => Vec::new(),
-                };
-                steps.sort_by_key(|s| s.step_order);
-                Some(steps)
-            } else {
-                None
-            };
-            Ok(PageRow {
-                template,
-                creator,
-                steps,
-            })
-        })
-        .collect::<Result<Vec<_>, DbErr>>()?;
+        .into_iter()
+        .map(|(template, creator)| PageRow { template, creator })
+        .collect();
     Ok(Page::of(rows, first, after))
-}
-
-/// The correlated subquery that gives a template's steps as one JSON array.
-fn steps_json_sql(backend: DbBackend) -> &'static str {
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| steps_json(DbBackend::Postgres));
-    static SQLITE: LazyLock<String> = LazyLock::new(|| steps_json(DbBackend::Sqlite));
-    fn steps_json(backend: DbBackend) -> String {
-        nested::array_sql::<step::Column>(
-            backend,
-            "workflow_steps",
-            "workflowTemplateId",
-            r#""workflow_templates"."id""#,
-        )
-    }
-    match backend {
-        DbBackend::Postgres => POSTGRES.as_str(),
-        _ => SQLITE.as_str(),
-    }
-}
-
-/// A step as `steps_json_sql` writes it (see `nested`).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StepJson {
-    id: String,
-    workflow_template_id: String,
-    step_order: i32,
-    agent_id: String,
-    prompt_template: String,
-    requires_user_input: serde_json::Value,
-    input_schema: Option<serde_json::Value>,
-    metadata: Option<serde_json::Value>,
-    condition: Option<serde_json::Value>,
-    parallel_group: Option<String>,
-    approval: Option<serde_json::Value>,
-    created_at: String,
-    updated_at: String,
-}
-
-impl StepJson {
-    fn into_model(self) -> Result<step::Model, DbErr> {
-        let bad = |e: String| DbErr::Type(format!("step {}: {e}", self.id));
-        Ok(step::Model {
-            requires_user_input: nested::flag(&self.requires_user_input)
-                .map_err(|e| bad(format!("requiresUserInput: {e}")))?,
-            created_at: nested::time(&self.created_at).map_err(bad)?,
-            updated_at: nested::time(&self.updated_at).map_err(bad)?,
-            input_schema: nested::json(self.input_schema),
-            metadata: nested::json(self.metadata),
-            condition: nested::json(self.condition),
-            approval: nested::json(self.approval),
-            id: self.id,
-            workflow_template_id: self.workflow_template_id,
-            step_order: self.step_order,
-            agent_id: self.agent_id,
-            prompt_template: self.prompt_template,
-            parallel_group: self.parallel_group,
-        })
-    }
 }
 
 pub async fn count(db: &impl ConnectionTrait, cond: Condition) -> Result<u64, DbErr> {

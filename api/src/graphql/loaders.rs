@@ -318,34 +318,51 @@ impl Loaders {
         }
     }
 
-    /// Primes the caches with the creators and steps a page of templates
-    /// read in its own statement (`templates::page`).
-    pub async fn feed_template_page(&self, rows: &[domain::templates::PageRow]) {
+    /// Primes the caches for a page of templates (`templates::page`): its
+    /// creators, read with it, and up front what its nodes will ask for,
+    /// in one query each, so the statement count does not depend on how the
+    /// executor interleaves the page's resolvers. `steps`: the JSON columns
+    /// of the steps the request may read (see `steps::of_templates_reading`).
+    pub async fn feed_template_page(
+        &self,
+        db: &DatabaseConnection,
+        rows: &[domain::templates::PageRow],
+        steps: Option<domain::steps::JsonColumns>,
+        drives: bool,
+    ) -> Result<(), DbErr> {
         let mut users: HashMap<String, user::Model> = HashMap::new();
-        let mut steps: HashMap<String, Vec<Arc<step::Model>>> = HashMap::new();
-        for row in rows {
-            if let Some(u) = &row.creator {
-                users.entry(u.id.clone()).or_insert_with(|| u.clone());
-            }
-            if let Some(s) = &row.steps {
-                steps.insert(row.template.id.clone(), s.iter().cloned().map(Arc::new).collect());
-            }
+        for u in rows.iter().filter_map(|r| r.creator.as_ref()) {
+            users.entry(u.id.clone()).or_insert_with(|| u.clone());
         }
         self.users.feed_many(users).await;
-        if !steps.is_empty() {
-            self.steps_of_template.feed_many(steps).await;
-        }
-    }
-
-    /// Loads the drives of a page of templates in one query, up front.
-    pub async fn prefetch_drives(&self, db: &DatabaseConnection, rows: &[template::Model]) -> Result<(), DbErr> {
-        let mut drive_ids: Vec<String> = rows.iter().map(|t| t.drive_id.clone()).collect();
+        let ids: Vec<String> = rows.iter().map(|r| r.template.id.clone()).collect();
+        let mut drive_ids: Vec<String> = rows.iter().map(|r| r.template.drive_id.clone()).collect();
         drive_ids.sort();
         drive_ids.dedup();
-        let drives = domain::drives::find_many(db, &drive_ids).await?;
-        self.drives
-            .feed_many(drives.into_iter().map(|r| (r.id.clone(), r)))
-            .await;
+        let (s, d) = tokio::join!(
+            async {
+                match steps {
+                    Some(reading) => Some(domain::steps::of_templates_reading(db, &ids, reading).await),
+                    None => None,
+                }
+            },
+            async {
+                match drives {
+                    true => Some(domain::drives::find_many(db, &drive_ids).await),
+                    false => None,
+                }
+            },
+        );
+        if let Some(s) = s {
+            let mut map: HashMap<String, Vec<Arc<step::Model>>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
+            for r in s? {
+                map.entry(r.workflow_template_id.clone()).or_default().push(Arc::new(r));
+            }
+            self.steps_of_template.feed_many(map).await;
+        }
+        if let Some(d) = d {
+            self.drives.feed_many(d?.into_iter().map(|r| (r.id.clone(), r))).await;
+        }
         Ok(())
     }
 }

@@ -126,8 +126,8 @@ impl Query {
             })
             .unwrap_or_default();
         // Who sees what is decided in the page's own statement, from the
-        // stored memberships: the page, its creators and its steps are one
-        // statement, with no read of the memberships before it.
+        // stored memberships (no read of them before it); the creators are
+        // joined in it, the steps one more statement.
         let backend = r.db.get_database_backend();
         let Some(cond) = templates::list_condition(backend, &drive_id, &TemplateScope::All, &filter) else {
             return Ok(empty_templates());
@@ -136,21 +136,23 @@ impl Query {
         let look = ctx.look_ahead();
         let wants =
             |f: &str| look.field("nodes").field(f).exists() || look.field("edges").field("node").field(f).exists();
-        let page = templates::page(&r.db, cond.clone(), first, after.as_ref(), wants("steps"))
+        let page = templates::page(&r.db, cond.clone(), first, after.as_ref())
             .await
             .map_err(ApiError::from)?;
-        r.loaders.feed_template_page(&page.rows).await;
+        let steps = wants("steps").then(|| {
+            ctx.data_opt::<domain::steps::JsonColumns>()
+                .copied()
+                .unwrap_or(domain::steps::JsonColumns::ALL)
+        });
+        r.loaders
+            .feed_template_page(&r.db, &page.rows, steps, wants("drive"))
+            .await
+            .map_err(ApiError::from)?;
         let page = Page {
             rows: page.rows.into_iter().map(|p| p.template).collect::<Vec<_>>(),
             has_next_page: page.has_next_page,
             has_previous_page: page.has_previous_page,
         };
-        if wants("drive") {
-            r.loaders
-                .prefetch_drives(&r.db, &page.rows)
-                .await
-                .map_err(ApiError::from)?;
-        }
         let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
             page_info: PageInfo::of(&page, &cursors),

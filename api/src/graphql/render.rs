@@ -285,6 +285,37 @@ fn merges_in(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bool
         .any(|f| merges_in(doc, &f.node.selection_set.node, depth + 1))
 }
 
+/// Which of a template step's JSON columns the document may read: a field
+/// of that name selected anywhere in it, on any type (so never too few).
+pub fn step_json_columns(doc: &ExecutableDocument) -> crate::domain::steps::JsonColumns {
+    fn visit<'a>(set: &'a SelectionSet, names: &mut HashSet<&'a str>) {
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(f) => {
+                    names.insert(f.node.name.node.as_str());
+                    visit(&f.node.selection_set.node, names);
+                }
+                Selection::InlineFragment(fragment) => visit(&fragment.node.selection_set.node, names),
+                // The fragment's own selection is visited below.
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    let mut names = HashSet::new();
+    for (_, op) in doc.operations.iter() {
+        visit(&op.node.selection_set.node, &mut names);
+    }
+    for fragment in doc.fragments.values() {
+        visit(&fragment.node.selection_set.node, &mut names);
+    }
+    crate::domain::steps::JsonColumns {
+        input_schema: names.contains("inputSchema"),
+        metadata: names.contains("metadata"),
+        condition: names.contains("condition"),
+        approval: names.contains("approval"),
+    }
+}
+
 fn flatten<'a>(doc: &'a ExecutableDocument, set: &'a SelectionSet, out: &mut Vec<&'a Positioned<Field>>, depth: usize) {
     if depth > 32 {
         return;
