@@ -47,6 +47,36 @@ fn bad_input_error(message: impl Into<String>) -> ServerError {
     err
 }
 
+/// Parsed documents by their text, shared by every request of the process.
+mod parsed {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    use async_graphql::parser::types::ExecutableDocument;
+
+    /// Longer documents are parsed every time.
+    pub const MAX_TEXT: usize = 16 * 1024;
+    /// At most this many documents; then the cache starts over.
+    const MAX_DOCUMENTS: usize = 512;
+
+    static CACHE: LazyLock<Mutex<HashMap<String, Arc<ExecutableDocument>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    pub fn get(text: &str) -> Option<ExecutableDocument> {
+        let doc = CACHE.lock().expect("parse cache lock").get(text).cloned();
+        doc.map(|d| (*d).clone())
+    }
+
+    pub fn put(text: String, doc: &ExecutableDocument) {
+        let doc = Arc::new(doc.clone());
+        let mut cache = CACHE.lock().expect("parse cache lock");
+        if cache.len() >= MAX_DOCUMENTS {
+            cache.clear();
+        }
+        cache.insert(text, doc);
+    }
+}
+
 /// The operation limits of `Limits`, checked by `admit` before a request runs.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
@@ -106,9 +136,19 @@ impl QueryLimits {
             ));
         }
         let wanted = request.operation_name.clone();
+        // Clients send the same few documents again and again: parse each
+        // once (async-graphql executes the document given it).
+        let cached = parsed::get(&request.query);
+        let key = (cached.is_none() && request.query.len() <= parsed::MAX_TEXT).then(|| request.query.clone());
+        if let Some(doc) = cached {
+            request.set_parsed_query(doc);
+        }
         let doc = request
             .parsed_query()
             .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
+        if let Some(key) = key {
+            parsed::put(key, doc);
+        }
         self.check(doc)?;
         let direct = !crate::graphql::render::merges_composite_fields(doc);
         let columns = crate::graphql::render::step_json_columns(doc);

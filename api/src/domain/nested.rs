@@ -42,8 +42,13 @@ where
 
 /// A timestamp as either database writes it into JSON.
 pub fn time(t: &str) -> Result<NaiveDateTime, String> {
-    let t = t.replacen(' ', "T", 1);
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f").map_err(|e| format!("timestamp {t:?}: {e}"))
+    // `FromStr` reads `2026-12-01T10:00:00.123456` without a format string
+    // to interpret; SQLite's space becomes the `T` it expects.
+    let parsed = match t.as_bytes().get(10) {
+        Some(b' ') => format!("{}T{}", &t[..10], &t[11..]).parse::<NaiveDateTime>(),
+        _ => t.parse::<NaiveDateTime>(),
+    };
+    parsed.map_err(|e| format!("timestamp {t:?}: {e}"))
 }
 
 pub fn opt_time(t: Option<&str>) -> Result<Option<NaiveDateTime>, String> {
@@ -63,4 +68,32 @@ pub fn flag(v: &Value) -> Result<bool, String> {
 /// same; both read as NULL (no writer stores a JSON `null` in these).
 pub fn json(v: Option<Value>) -> Option<Value> {
     v.filter(|v| !v.is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Timelike;
+
+    #[test]
+    fn timestamps_as_either_database_writes_them() {
+        let want = chrono::NaiveDate::from_ymd_opt(2026, 12, 1)
+            .unwrap()
+            .and_hms_micro_opt(10, 0, 0, 123_456)
+            .unwrap();
+        assert_eq!(time("2026-12-01T10:00:00.123456"), Ok(want));
+        assert_eq!(time("2026-12-01 10:00:00.123456"), Ok(want));
+        assert_eq!(time("2026-12-01 10:00:00"), Ok(want.with_nanosecond(0).unwrap()));
+        assert!(time("2026-12-01").is_err());
+        assert!(time("yesterday").is_err());
+        assert_eq!(opt_time(None), Ok(None));
+    }
+
+    #[test]
+    fn booleans_as_either_database_writes_them() {
+        assert_eq!(flag(&serde_json::json!(true)), Ok(true));
+        assert_eq!(flag(&serde_json::json!(0)), Ok(false));
+        assert_eq!(flag(&serde_json::json!(1)), Ok(true));
+        assert!(flag(&serde_json::json!("yes")).is_err());
+    }
 }
