@@ -224,6 +224,14 @@ impl JsonColumns {
         approval: true,
     };
 
+    /// Whether rows read with these columns hold everything `wanted` reads.
+    pub fn covers(&self, wanted: JsonColumns) -> bool {
+        (self.input_schema || !wanted.input_schema)
+            && (self.metadata || !wanted.metadata)
+            && (self.condition || !wanted.condition)
+            && (self.approval || !wanted.approval)
+    }
+
     fn reads(&self, c: step::Column) -> bool {
         match c {
             step::Column::InputSchema => self.input_schema,

@@ -335,15 +335,30 @@ impl Loaders {
             users.entry(u.id.clone()).or_insert_with(|| u.clone());
         }
         self.users.feed_many(users).await;
-        let ids: Vec<String> = rows.iter().map(|r| r.template.id.clone()).collect();
+        // Steps kept from an earlier request for the same template version
+        // need no statement; the others are read.
+        let mut known: HashMap<String, Vec<Arc<step::Model>>> = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        if let Some(reading) = steps {
+            for t in rows.iter().map(|r| &r.template) {
+                match template_steps::get(&t.id, t.version, reading) {
+                    Some(s) => {
+                        known.insert(t.id.clone(), s);
+                    }
+                    None => missing.push(t.id.clone()),
+                }
+            }
+        }
         let mut drive_ids: Vec<String> = rows.iter().map(|r| r.template.drive_id.clone()).collect();
         drive_ids.sort();
         drive_ids.dedup();
         let (s, d) = tokio::join!(
             async {
                 match steps {
-                    Some(reading) => Some(domain::steps::of_templates_reading(db, &ids, reading).await),
-                    None => None,
+                    Some(reading) if !missing.is_empty() => {
+                        Some(domain::steps::of_templates_reading(db, &missing, reading).await)
+                    }
+                    _ => None,
                 }
             },
             async {
@@ -354,15 +369,80 @@ impl Loaders {
             },
         );
         if let Some(s) = s {
-            let mut map: HashMap<String, Vec<Arc<step::Model>>> = ids.iter().map(|k| (k.clone(), Vec::new())).collect();
+            let mut read: HashMap<String, Vec<Arc<step::Model>>> =
+                missing.iter().map(|k| (k.clone(), Vec::new())).collect();
             for r in s? {
-                map.entry(r.workflow_template_id.clone()).or_default().push(Arc::new(r));
+                read.entry(r.workflow_template_id.clone())
+                    .or_default()
+                    .push(Arc::new(r));
             }
-            self.steps_of_template.feed_many(map).await;
+            let reading = steps.unwrap_or(domain::steps::JsonColumns::ALL);
+            for t in rows.iter().map(|r| &r.template) {
+                if let Some(s) = read.get(&t.id) {
+                    template_steps::put(&t.id, t.version, reading, s.clone());
+                }
+            }
+            known.extend(read);
+        }
+        if !known.is_empty() {
+            self.steps_of_template.feed_many(known).await;
         }
         if let Some(d) = d {
             self.drives.feed_many(d?.into_iter().map(|r| (r.id.clone(), r))).await;
         }
         Ok(())
+    }
+}
+
+/// The steps of template versions, shared by the requests of this process:
+/// a template's steps change only with its `version` (every write of them
+/// bumps it in the same transaction), so a page that read a template's row
+/// knows whether the kept steps are still its steps. Entries also expire
+/// after `TTL`, so a change made outside the API (SQL by hand) shows within
+/// seconds.
+mod template_steps {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    use std::time::{Duration, Instant};
+
+    use entity::workflow_step as step;
+
+    use crate::domain::steps::JsonColumns;
+
+    const TTL: Duration = Duration::from_secs(5);
+    /// At most this many templates; then the cache starts over.
+    const MAX_TEMPLATES: usize = 4096;
+
+    struct Entry {
+        version: i32,
+        reading: JsonColumns,
+        at: Instant,
+        steps: Vec<Arc<step::Model>>,
+    }
+
+    static CACHE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    /// The steps of `template` at `version`, read with at least the JSON
+    /// columns `wanted`.
+    pub fn get(template: &str, version: i32, wanted: JsonColumns) -> Option<Vec<Arc<step::Model>>> {
+        let cache = CACHE.lock().expect("template steps lock");
+        let e = cache.get(template)?;
+        (e.version == version && e.reading.covers(wanted) && e.at.elapsed() < TTL).then(|| e.steps.clone())
+    }
+
+    pub fn put(template: &str, version: i32, reading: JsonColumns, steps: Vec<Arc<step::Model>>) {
+        let mut cache = CACHE.lock().expect("template steps lock");
+        if cache.len() >= MAX_TEMPLATES && !cache.contains_key(template) {
+            cache.clear();
+        }
+        cache.insert(
+            template.to_owned(),
+            Entry {
+                version,
+                reading,
+                at: Instant::now(),
+                steps,
+            },
+        );
     }
 }
