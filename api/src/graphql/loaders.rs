@@ -410,39 +410,119 @@ mod template_steps {
     use crate::domain::steps::JsonColumns;
 
     const TTL: Duration = Duration::from_secs(5);
-    /// At most this many templates; then the cache starts over.
+    /// At most this many templates, and about this many bytes of steps;
+    /// then the cache starts over.
     const MAX_TEMPLATES: usize = 4096;
+    const MAX_BYTES: usize = 64 << 20;
 
     struct Entry {
         version: i32,
         reading: JsonColumns,
         at: Instant,
+        bytes: usize,
         steps: Vec<Arc<step::Model>>,
     }
 
-    static CACHE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    #[derive(Default)]
+    struct Cache {
+        entries: HashMap<String, Entry>,
+        bytes: usize,
+    }
+
+    static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| Mutex::new(Cache::default()));
 
     /// The steps of `template` at `version`, read with at least the JSON
     /// columns `wanted`.
     pub fn get(template: &str, version: i32, wanted: JsonColumns) -> Option<Vec<Arc<step::Model>>> {
         let cache = CACHE.lock().expect("template steps lock");
-        let e = cache.get(template)?;
+        let e = cache.entries.get(template)?;
         (e.version == version && e.reading.covers(wanted) && e.at.elapsed() < TTL).then(|| e.steps.clone())
     }
 
     pub fn put(template: &str, version: i32, reading: JsonColumns, steps: Vec<Arc<step::Model>>) {
-        let mut cache = CACHE.lock().expect("template steps lock");
-        if cache.len() >= MAX_TEMPLATES && !cache.contains_key(template) {
-            cache.clear();
+        let bytes = template.len() + steps.iter().map(|s| size_of(s)).sum::<usize>();
+        if bytes > MAX_BYTES / 16 {
+            return; // One template's steps may not crowd out the rest.
         }
-        cache.insert(
+        let mut cache = CACHE.lock().expect("template steps lock");
+        if let Some(old) = cache.entries.remove(template) {
+            cache.bytes -= old.bytes;
+        }
+        if cache.entries.len() >= MAX_TEMPLATES || cache.bytes + bytes > MAX_BYTES {
+            *cache = Cache::default();
+        }
+        cache.bytes += bytes;
+        cache.entries.insert(
             template.to_owned(),
             Entry {
                 version,
                 reading,
                 at: Instant::now(),
+                bytes,
                 steps,
             },
         );
+    }
+
+    /// About what a step takes in memory: its texts, its JSON as text, and
+    /// a fixed part for the rest.
+    fn size_of(s: &step::Model) -> usize {
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map_or(0, |v| v.to_string().len() * 2);
+        256 + s.id.len()
+            + s.workflow_template_id.len()
+            + s.agent_id.len()
+            + s.prompt_template.len()
+            + s.parallel_group.as_ref().map_or(0, String::len)
+            + json(&s.input_schema)
+            + json(&s.metadata)
+            + json(&s.condition)
+            + json(&s.approval)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn step(template: &str, prompt: String) -> Arc<step::Model> {
+            let at = chrono::NaiveDateTime::default();
+            Arc::new(step::Model {
+                id: crate::domain::new_id(),
+                workflow_template_id: template.to_owned(),
+                step_order: 0,
+                agent_id: "echo".into(),
+                prompt_template: prompt,
+                requires_user_input: false,
+                input_schema: None,
+                metadata: Some(serde_json::json!({ "timeoutMs": 1 })),
+                condition: None,
+                parallel_group: None,
+                approval: None,
+                created_at: at,
+                updated_at: at,
+            })
+        }
+
+        #[test]
+        fn kept_steps_serve_only_their_version_and_columns() {
+            let t = crate::domain::new_id();
+            let lean = JsonColumns {
+                metadata: false,
+                ..JsonColumns::ALL
+            };
+            put(&t, 3, lean, vec![step(&t, "p".into())]);
+            assert_eq!(get(&t, 3, lean).map(|s| s.len()), Some(1));
+            assert!(get(&t, 4, lean).is_none(), "another version");
+            assert!(get(&t, 3, JsonColumns::ALL).is_none(), "read without metadata");
+            put(&t, 4, JsonColumns::ALL, vec![step(&t, "q".into())]);
+            assert!(get(&t, 3, lean).is_none(), "replaced by the newer version");
+            assert_eq!(get(&t, 4, lean).unwrap()[0].prompt_template, "q");
+        }
+
+        #[test]
+        fn steps_too_large_are_not_kept() {
+            let t = crate::domain::new_id();
+            put(&t, 1, JsonColumns::ALL, vec![step(&t, "x".repeat(MAX_BYTES / 16))]);
+            assert!(get(&t, 1, JsonColumns::ALL).is_none());
+        }
     }
 }
