@@ -101,4 +101,13 @@ impl<T> Page<T> {
             has_previous_page: after.is_some(),
         }
     }
+
+    /// The same page with each row turned into another.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            rows: self.rows.into_iter().map(f).collect(),
+            has_next_page: self.has_next_page,
+            has_previous_page: self.has_previous_page,
+        }
+    }
 }

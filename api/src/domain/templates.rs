@@ -14,7 +14,6 @@ use sea_orm::{
 use super::pagination::{Cursor, Page, older_than};
 use super::steps::{self, NewStep};
 use super::{new_id, now, versions};
-use crate::access::TemplateScope;
 
 /// A validated template ready to be written.
 #[derive(Debug, Clone)]
@@ -178,26 +177,12 @@ pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<
         .await
 }
 
-/// The WHERE clause of a template list: the drive, what the viewer may see,
-/// and the client's filter.
-pub fn list_condition(
-    backend: DbBackend,
-    drive_id: &str,
-    scope: &TemplateScope,
-    filter: &TemplateFilter,
-) -> Option<Condition> {
-    let mut cond = Condition::all().add(template::Column::DriveId.eq(drive_id));
-    match scope {
-        TemplateScope::None => return None,
-        TemplateScope::All => {}
-        TemplateScope::PublicOrCreatedBy(user) => {
-            cond = cond.add(
-                Condition::any()
-                    .add(template::Column::IsPublic.eq(true))
-                    .add(template::Column::CreatedBy.eq(user.clone())),
-            );
-        }
-    }
+/// The WHERE clause of a template list: the drive, what `viewer` may see
+/// (`visible_to`), and the client's filter.
+pub fn list_condition(backend: DbBackend, drive_id: &str, viewer: &str, filter: &TemplateFilter) -> Condition {
+    let mut cond = Condition::all()
+        .add(template::Column::DriveId.eq(drive_id))
+        .add(visible_to(backend, viewer));
     if let Some(c) = &filter.category {
         cond = cond.add(template::Column::Category.eq(c.clone()));
     }
@@ -246,14 +231,14 @@ pub fn list_condition(
             }
         }
     }
-    Some(cond)
+    cond
 }
 
-/// The templates `user` may see, as the stored memberships say
+/// The templates `user_id` may see, as the stored memberships say
 /// (`Access::can_see_template`, decided in the statement rather than from
 /// memberships read before it): any member sees the public ones, the
 /// creator theirs, ADMIN and OWNER all.
-pub fn visible_to(backend: DbBackend, user_id: &str) -> Condition {
+fn visible_to(backend: DbBackend, user_id: &str) -> Condition {
     let sql = match backend {
         DbBackend::Postgres => {
             r#"EXISTS (SELECT 1 FROM "drive_members" m WHERE m."driveId" = "workflow_templates"."driveId" AND m."userId" = $1 AND (m."role" IN ('ADMIN', 'OWNER') OR "workflow_templates"."isPublic" OR "workflow_templates"."createdBy" = $1))"#

@@ -5,9 +5,8 @@ use async_graphql::{Context, ID, Object, Result};
 use super::RequestCtx;
 use super::inputs::{WorkflowExecutionFilter, WorkflowTemplateFilter};
 use super::types::*;
-use crate::access::TemplateScope;
 use crate::domain::executions::ExecutionFilter;
-use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, Page, page_size};
+use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, page_size};
 use crate::domain::templates::TemplateFilter;
 use crate::domain::{self, drives, executions, schedules, templates, users};
 use crate::error::ApiError;
@@ -128,11 +127,7 @@ impl Query {
         // Who sees what is decided in the page's own statement, from the
         // stored memberships (no read of them before it); the creators are
         // joined in it, the steps one more statement.
-        let backend = r.db.get_database_backend();
-        let Some(cond) = templates::list_condition(backend, &drive_id, &TemplateScope::All, &filter) else {
-            return Ok(empty_templates());
-        };
-        let cond = cond.add(templates::visible_to(backend, &r.viewer.id));
+        let cond = templates::list_condition(r.db.get_database_backend(), &drive_id, &r.viewer.id, &filter);
         let look = ctx.look_ahead();
         let wants =
             |f: &str| look.field("nodes").field(f).exists() || look.field("edges").field("node").field(f).exists();
@@ -148,11 +143,7 @@ impl Query {
             .feed_template_page(&r.db, &page.rows, steps, wants("drive"))
             .await
             .map_err(ApiError::from)?;
-        let page = Page {
-            rows: page.rows.into_iter().map(|p| p.template).collect::<Vec<_>>(),
-            has_next_page: page.has_next_page,
-            has_previous_page: page.has_previous_page,
-        };
+        let page = page.map(|p| p.template);
         let cursors: Vec<String> = page.rows.iter().map(|t| Cursor::encode(t.created_at, &t.id)).collect();
         Ok(WorkflowTemplateConnection {
             page_info: PageInfo::of(&page, &cursors),
@@ -308,15 +299,6 @@ fn empty_page_info() -> PageInfo {
         has_previous_page: false,
         start_cursor: None,
         end_cursor: None,
-    }
-}
-
-fn empty_templates() -> WorkflowTemplateConnection {
-    WorkflowTemplateConnection {
-        nodes: Vec::new(),
-        cursors: Vec::new(),
-        page_info: empty_page_info(),
-        count_condition: None,
     }
 }
 
