@@ -25,6 +25,12 @@ pub enum Reply {
         body: &'static str,
         retry_after: Option<&'static str>,
     },
+    /// Like `Sse`, but each piece's event is written in two writes, `delay`
+    /// apart, cut inside the piece's first multi-byte character.
+    SplitSse { pieces: Vec<&'static str>, delay: Duration },
+    /// `data: ` and then `bytes` bytes with no line ending, in 64 KiB writes,
+    /// then nothing until the client goes away.
+    Unterminated { bytes: usize },
     /// One piece, then nothing until the client goes away.
     Hang,
 }
@@ -86,6 +92,43 @@ async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: St
                 yield Ok(chunk(json!({"model": "stub-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})));
                 yield Ok("data: [DONE]\n\n".to_owned());
                 flag.1 = true;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Some(Reply::SplitSse { pieces, delay }) => {
+            let stream = async_stream::stream! {
+                for p in pieces {
+                    let event = chunk(json!({"model": "stub-model", "choices": [{"index": 0, "delta": {"content": p}}]}));
+                    // serde_json writes non-ASCII characters as they are, so
+                    // the cut falls inside the first one's bytes.
+                    let at = event.char_indices().find(|(_, c)| c.len_utf8() > 1).map(|(i, _)| i + 1).expect("a piece with a multi-byte character");
+                    let bytes = event.into_bytes();
+                    yield Ok::<_, std::convert::Infallible>(bytes[..at].to_vec());
+                    tokio::time::sleep(delay).await;
+                    yield Ok(bytes[at..].to_vec());
+                }
+                yield Ok(chunk(json!({"model": "stub-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})).into_bytes());
+                yield Ok(b"data: [DONE]\n\n".to_vec());
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Some(Reply::Unterminated { bytes }) => {
+            let stream = async_stream::stream! {
+                let _flag = DropFlag(stub.clone(), false);
+                yield Ok::<_, std::convert::Infallible>(b"data: ".to_vec());
+                let mut sent = 0;
+                while sent < bytes {
+                    let n = (bytes - sent).min(64 * 1024);
+                    yield Ok(vec![b'x'; n]);
+                    sent += n;
+                }
+                std::future::pending::<()>().await;
             };
             Response::builder()
                 .header("content-type", "text/event-stream")

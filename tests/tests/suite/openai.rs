@@ -122,6 +122,61 @@ async fn streams_the_answer_to_subscribers_and_stores_it_once() {
     );
 }
 
+/// A reply in several scripts, each piece's event written in two network
+/// writes cut inside one of its characters.
+const SPLIT_PIECES: [&str; 4] = ["Grüße, ", "東京 and ", "naïve café — ", "🎉🚀 ✓"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn characters_split_between_network_reads_arrive_whole() {
+    let (_stub, url) = stub(vec![Reply::SplitSse {
+        pieces: SPLIT_PIECES.to_vec(),
+        delay: Duration::from_millis(30),
+    }])
+    .await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    let id = paused_run(&app, &owner, &t).await;
+    let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
+    let events = ws.collect("1", Duration::from_secs(10)).await;
+    let deltas: String = events
+        .iter()
+        .map(|p| &p["data"]["workflowExecutionEvents"])
+        .filter(|e| e["kind"] == "STEP_OUTPUT_DELTA")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    let original = SPLIT_PIECES.concat();
+    assert_eq!(deltas, original);
+    let e = wait_for(&app, &owner, &id, "COMPLETED").await;
+    assert_eq!(e["steps"][1]["agentOutput"]["text"], original);
+    assert_eq!(e["accumulatedContext"]["step_1_output"]["text"], original);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_never_ends_fails_the_attempt_instead_of_filling_memory() {
+    // 3 MiB without a line ending: past the 1 MiB an event may hold.
+    let (stub, url) = stub(vec![Reply::Unterminated { bytes: 3 * 1024 * 1024 }]).await;
+    let (app, owner, drive) = server_with_reviewer(&url).await;
+    let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
+    let id = paused_run(&app, &owner, &t).await;
+    submit(&app, &owner, &id, json!({})).await;
+    let e = wait_for(&app, &owner, &id, "FAILED").await;
+    let msg = e["steps"][1]["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("event of more than 1048576 bytes without ending it"),
+        "{msg}"
+    );
+    // The client stopped reading and went away.
+    for _ in 0..200 {
+        if stub.dropped.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stub.dropped.load(Ordering::SeqCst));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_a_whole_json_answer_when_the_server_does_not_stream() {
     let (_stub, url) = stub(vec![Reply::Json(json!({

@@ -8,6 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use sse_stream::SseByteStream;
+
 use super::{Agent, AgentError, DeltaSink};
 
 #[derive(Clone)]
@@ -143,43 +145,34 @@ impl Agent for OpenAiAgent {
         let mut text = String::new();
         let mut model = json!(self.config.model);
         let mut usage = None;
-        let mut buf = String::new();
-        let mut stream = resp.bytes_stream();
-        'read: while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| AgentError::Retryable {
-                message: format!("the stream broke off: {}", without_url(&e)),
-                retry_after: None,
-            })?;
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(nl) = buf.find('\n') {
-                let line: String = buf.drain(..=nl).collect();
-                let line = line.trim_end_matches(['\r', '\n']);
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue;
-                };
-                let data = data.trim_start();
-                if data == "[DONE]" {
-                    break 'read;
-                }
-                let Ok(event) = serde_json::from_str::<Value>(data) else {
-                    continue;
-                };
-                if let Some(err) = event.get("error") {
-                    let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
-                    return Err(AgentError::Fatal(format!("provider error: {msg}")));
-                }
-                if let Some(m) = event.get("model").filter(|m| m.is_string()) {
-                    model = m.clone();
-                }
-                if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
-                    usage = Some(u.clone());
-                }
-                if let Some(piece) = event.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-                    if !piece.is_empty() {
-                        text.push_str(piece);
-                        if let Some(sink) = deltas {
-                            let _ = sink.send(piece.to_owned());
-                        }
+        // Decoded as a stream of bytes: a character split between two network
+        // reads is put back together before it becomes text.
+        let mut events = SseByteStream::new(bounded(resp.bytes_stream(), MAX_SSE_EVENT_BYTES));
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| stream_error(&e))?;
+            let Some(data) = event.data else { continue };
+            let data = data.trim();
+            if data == "[DONE]" {
+                break;
+            }
+            let Ok(event) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if let Some(err) = event.get("error") {
+                let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
+                return Err(AgentError::Fatal(format!("provider error: {msg}")));
+            }
+            if let Some(m) = event.get("model").filter(|m| m.is_string()) {
+                model = m.clone();
+            }
+            if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
+                usage = Some(u.clone());
+            }
+            if let Some(piece) = event.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+                if !piece.is_empty() {
+                    text.push_str(piece);
+                    if let Some(sink) = deltas {
+                        let _ = sink.send(piece.to_owned());
                     }
                 }
             }
@@ -189,6 +182,90 @@ impl Agent for OpenAiAgent {
             out["usage"] = u;
         }
         Ok(out)
+    }
+}
+
+/// The most one server-sent event (all its lines up to the blank line that
+/// ends it) may hold: a provider that never ends an event fails the attempt
+/// here instead of growing the buffer without limit. Streamed chat
+/// completions send events of a few hundred bytes.
+pub const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Why reading the answer's bytes stopped.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("the stream broke off: {0}")]
+    Transport(String),
+    #[error("the provider sent an event of more than {0} bytes without ending it (a blank line); at most {0} are read")]
+    EventTooLong(usize),
+}
+
+/// `bytes` that fail with `ReadError::EventTooLong` once an event (the bytes
+/// since the last blank line, line endings not counted) passes `max` bytes.
+fn bounded<S>(bytes: S, max: usize) -> impl futures::Stream<Item = Result<bytes::Bytes, ReadError>>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>>,
+{
+    let mut scan = EventScan::default();
+    bytes.map(move |chunk| {
+        let chunk = chunk.map_err(|e| ReadError::Transport(without_url(&e)))?;
+        if scan.feed(&chunk) > max {
+            return Err(ReadError::EventTooLong(max));
+        }
+        Ok(chunk)
+    })
+}
+
+/// Follows line endings (LF, CR or CRLF, as SSE allows) to count the bytes of
+/// the event being received.
+#[derive(Debug, Default)]
+struct EventScan {
+    /// Bytes of the current line.
+    line: usize,
+    /// Bytes of the current event, line endings not counted.
+    event: usize,
+    /// The last byte seen was a CR (a LF right after it ends no line of its own).
+    after_cr: bool,
+}
+
+impl EventScan {
+    /// Reads `chunk`; returns the most bytes the current event held in it.
+    fn feed(&mut self, chunk: &[u8]) -> usize {
+        let mut most = self.event;
+        for &b in chunk {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\r' | b'\n' => {
+                    if self.line == 0 {
+                        self.event = 0;
+                    }
+                    self.line = 0;
+                    self.after_cr = b == b'\r';
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line += 1;
+                    self.event += 1;
+                    most = most.max(self.event);
+                }
+            }
+        }
+        most
+    }
+}
+
+fn stream_error(e: &sse_stream::Error) -> AgentError {
+    use std::error::Error as _;
+    let read = e.source().and_then(|s| s.downcast_ref::<ReadError>());
+    match read {
+        Some(r) => AgentError::Retryable {
+            message: r.to_string(),
+            retry_after: None,
+        },
+        None => AgentError::Retryable {
+            message: format!("unreadable answer: {e}"),
+            retry_after: None,
+        },
     }
 }
 
@@ -207,5 +284,24 @@ fn without_url(e: &reqwest::Error) -> String {
     match e.source() {
         Some(src) => format!("{kind}: {src}"),
         None => kind.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventScan;
+
+    #[test]
+    fn counts_the_bytes_of_the_event_being_received() {
+        let mut scan = EventScan::default();
+        assert_eq!(scan.feed(b"data: abc\n"), 9);
+        // A second line of the same event adds to it; the blank line ends it.
+        assert_eq!(scan.feed(b"data: de\n\n"), 17);
+        assert_eq!(scan.feed(b"data: x"), 7);
+        // CRLF and CR end lines too, and a CRLF split between reads is one ending.
+        assert_eq!(scan.feed(b"y\r"), 8);
+        assert_eq!(scan.feed(b"\n\r\n"), 8);
+        assert_eq!(scan.feed(b"ab\r\rcd"), 2);
+        assert_eq!(scan.event, 2);
     }
 }
