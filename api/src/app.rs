@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use std::time::Instant;
 
+use async_graphql::BatchRequest;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{BatchRequest, ErrorExtensions, ServerError};
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
@@ -32,7 +32,7 @@ use crate::domain::users;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::{Engine, EngineSettings};
 use crate::engine::scheduler::Scheduler;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::events::EventBus;
 use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
 use crate::limits::{DataLimits, QueryLimits};
@@ -234,7 +234,7 @@ impl Application {
             Some(c) => router.layer(c),
             None => router,
         };
-        let x_request_id = HeaderName::from_static("x-request-id");
+        let x_request_id = HeaderName::from_static(REQUEST_ID);
         // Outermost last: every response carries the security headers and the
         // request id, and every log line of a request carries its id.
         router
@@ -326,9 +326,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
-                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static(REQUEST_ID),
             ])
-            .expose_headers([HeaderName::from_static("x-request-id")])
+            .expose_headers([HeaderName::from_static(REQUEST_ID)])
             .max_age(Duration::from_secs(3600)),
     )
 }
@@ -342,18 +342,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The header that carries each request's id (set when the client sent none).
+const REQUEST_ID: &str = "x-request-id";
+
 /// A GraphQL response carrying one error and no data.
-pub fn error_response(status: StatusCode, message: &str, code: &'static str) -> Response {
-    let err = ServerError::new(message, None);
-    let err = ServerError {
-        extensions: async_graphql::Error::new(message)
-            .extend_with(|_, e| e.set("code", code))
-            .extensions,
-        ..err
-    };
-    let body = async_graphql::Response::from_errors(vec![err]);
+pub fn error_response(status: StatusCode, message: &str, code: Code) -> Response {
+    let body = async_graphql::Response::from_errors(vec![code.error(message, None)]);
     let mut resp = (status, Json(body)).into_response();
-    if code == "UNAUTHENTICATED" {
+    if code == Code::Unauthenticated {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
@@ -364,8 +360,8 @@ pub fn error_response(status: StatusCode, message: &str, code: &'static str) -> 
 /// after another, each with a fresh view of the viewer's permissions.
 async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let refuse = |status: StatusCode, message: &str, code: &'static str| {
-        state.metrics.refused(code, started.elapsed());
+    let refuse = |status: StatusCode, message: &str, code: Code| {
+        state.metrics.refused(code.as_str(), started.elapsed());
         error_response(status, message, code)
     };
     let max_body = state.limits.max_body_bytes;
@@ -373,12 +369,19 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         || format!("the request body is larger than {max_body} bytes (MAX_BODY_BYTES); send a smaller request");
     let body = match read_body(body, max_body).await {
         Some(b) => b,
-        None => return refuse(StatusCode::PAYLOAD_TOO_LARGE, &too_large(), "GRAPHQL_VALIDATION_FAILED"),
+        None => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &too_large(),
+                Code::GraphqlValidationFailed,
+            );
+        }
     };
+    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let viewer = match state.keys.verify_header(auth) {
         Ok(v) => v,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.message(), "UNAUTHENTICATED"),
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.message(), Code::Unauthenticated),
     };
     // Parsed as the shape it claims to be, so the error names the real problem.
     let is_batch = body.trim_ascii_start().starts_with(b"[");
@@ -393,7 +396,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             return refuse(
                 StatusCode::BAD_REQUEST,
                 &format!("the request body is not a GraphQL request in JSON: {e}"),
-                "GRAPHQL_PARSE_FAILED",
+                Code::GraphqlParseFailed,
             );
         }
     };
@@ -404,7 +407,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "the batch is empty: send at least one operation",
-                "GRAPHQL_VALIDATION_FAILED",
+                Code::GraphqlValidationFailed,
             );
         }
         BatchRequest::Batch(list) if list.len() > max_batch => {
@@ -414,7 +417,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                     "the batch holds {} operations; at most {max_batch} are allowed (MAX_BATCH_SIZE)",
                     list.len()
                 ),
-                "GRAPHQL_VALIDATION_FAILED",
+                Code::GraphqlValidationFailed,
             );
         }
         BatchRequest::Batch(list) => list,
@@ -425,7 +428,14 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             let ctx = state.request_ctx(viewer.clone(), true).await?;
             let request = request.data(ctx);
             responses.push(
-                graphql::observe::execute(&state.schema, &state.query_limits, Some(&state.metrics), request).await,
+                graphql::observe::execute(
+                    &state.schema,
+                    &state.query_limits,
+                    Some(&state.metrics),
+                    request,
+                    request_id.as_deref(),
+                )
+                .await,
             );
         }
         Ok::<_, ApiError>(responses)
@@ -444,11 +454,17 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             .into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = ?e, "could not load the viewer");
-            refuse(
+            let mut errors = [Code::InternalServerError.error("", None)];
+            crate::error::code_errors(&mut errors, 0, request_id.as_deref());
+            state
+                .metrics
+                .refused(Code::InternalServerError.as_str(), started.elapsed());
+            let [err] = errors;
+            (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal server error",
-                "INTERNAL_SERVER_ERROR",
+                Json(async_graphql::Response::from_errors(vec![err])),
             )
+                .into_response()
         }
         Err(_) => {
             tracing::warn!(
@@ -463,7 +479,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                      a mutation stopped before it committed changed nothing",
                     timeout.as_millis()
                 ),
-                "INTERNAL_SERVER_ERROR",
+                Code::InternalServerError,
             )
         }
     }

@@ -86,7 +86,7 @@ impl Renderer {
             .schema
             .execute_stream_with_session_data(doc.request(render), session.clone());
         let mut resp = stream.next().await?;
-        self.limits.code_errors(&mut resp.errors);
+        self.limits.code_errors(&mut resp.errors, None);
         Some(payload(&resp))
     }
 

@@ -7,44 +7,18 @@
 use std::collections::HashMap;
 
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
-use async_graphql::{ErrorExtensions, Pos, Positioned, Request, ServerError, ServerResult, Variables};
+use async_graphql::{Pos, Positioned, Request, ServerError, ServerResult, Variables};
 use serde_json::Value;
 
 use crate::config::Limits;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code, with_code};
 
 /// Brackets nested deeper than this in the query text are refused before it
 /// is parsed (the parser recurses on them).
 pub const MAX_QUERY_NESTING: usize = 64;
 
-/// A `GRAPHQL_VALIDATION_FAILED` error.
-pub fn validation_error(message: impl Into<String>, pos: Option<Pos>) -> ServerError {
-    let message = message.into();
-    let mut err = ServerError::new(message.clone(), pos);
-    err.extensions = async_graphql::Error::new(message)
-        .extend_with(|_, e| e.set("code", "GRAPHQL_VALIDATION_FAILED"))
-        .extensions;
-    err
-}
-
-/// `err` with `code` unless it has one.
-pub fn with_code(err: ServerError, code: &'static str) -> ServerError {
-    let mut err = err;
-    let has_code = err.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
-    if !has_code {
-        let e = async_graphql::Error::new(err.message.clone()).extend_with(|_, ext| ext.set("code", code));
-        err.extensions = e.extensions;
-    }
-    err
-}
-
-fn bad_input_error(message: impl Into<String>) -> ServerError {
-    let message = message.into();
-    let mut err = ServerError::new(message.clone(), None);
-    err.extensions = async_graphql::Error::new(message)
-        .extend_with(|_, e| e.set("code", "BAD_USER_INPUT"))
-        .extensions;
-    err
+fn validation_error(message: impl Into<String>, pos: Option<Pos>) -> ServerError {
+    Code::GraphqlValidationFailed.error(message, pos)
 }
 
 /// Parsed documents by their text, shared by every request of the process.
@@ -124,8 +98,9 @@ impl QueryLimits {
         // PostgreSQL cannot store U+0000 in text or JSONB: refuse it up front
         // rather than fail deep inside a write.
         if request.query.contains("\\u0000") || request.query.contains('\0') || variables_have_nul(&request.variables) {
-            return Err(bad_input_error(
+            return Err(Code::BadUserInput.error(
                 "text may not contain the NUL character (\\u0000); remove it and send the request again",
+                None,
             ));
         }
         let nesting = bracket_nesting(&request.query);
@@ -145,7 +120,7 @@ impl QueryLimits {
         }
         let doc = request
             .parsed_query()
-            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
+            .map_err(|e| with_code(e, Code::GraphqlParseFailed))?;
         if let Some(key) = key {
             parsed::put(key, doc);
         }
@@ -178,42 +153,10 @@ impl QueryLimits {
         Ok(admitted)
     }
 
-    /// Gives each error that async-graphql raised without a code its code:
-    /// errors on a field (they have a path: a variable or argument that does
-    /// not fit its type) are `BAD_USER_INPUT`; errors of the whole document
-    /// (validation, its recursion guard, complexity) `GRAPHQL_VALIDATION_FAILED`.
-    /// Resolver errors carry their own code and are left as they are.
-    pub fn code_errors(&self, errors: &mut [ServerError]) {
-        for e in errors.iter_mut() {
-            if e.extensions.as_ref().is_some_and(|x| x.get("code").is_some()) {
-                continue;
-            }
-            if !e.path.is_empty() {
-                *e = with_code(std::mem::replace(e, ServerError::new("", None)), "BAD_USER_INPUT");
-            } else if e.message == "Query is too complex." {
-                let mut err = validation_error(
-                    format!(
-                        "the query's complexity is over the limit of {} (MAX_QUERY_COMPLEXITY): each field costs 1 \
-                         and a list asked for with `first: n` costs n times its fields; ask for fewer fields or smaller pages",
-                        self.max_complexity
-                    ),
-                    e.locations.first().copied(),
-                );
-                err.path = std::mem::take(&mut e.path);
-                *e = err;
-            } else if e.message.contains("recursion depth") || e.message.contains("recursion limit") {
-                // Raised by async-graphql's own recursion guard: a size limit, not bad syntax.
-                *e = validation_error(
-                    format!("the query is nested too deeply: {}", e.message),
-                    e.locations.first().copied(),
-                );
-            } else {
-                *e = with_code(
-                    std::mem::replace(e, ServerError::new("", None)),
-                    "GRAPHQL_VALIDATION_FAILED",
-                );
-            }
-        }
+    /// Gives every error of a response its code (`error::code_errors`).
+    /// `request_id`: the HTTP request's, named by internal errors.
+    pub fn code_errors(&self, errors: &mut [ServerError], request_id: Option<&str>) {
+        crate::error::code_errors(errors, self.max_complexity, request_id);
     }
 }
 

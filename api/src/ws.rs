@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
 use crate::app::{AppState, token_from_init};
+use crate::error::Code;
 use crate::fanout::{self, Payload};
 
 /// Open connections per user, across the process.
@@ -100,8 +101,8 @@ fn text(v: Value) -> Message {
 }
 
 /// An error for one subscription, as each protocol spells it.
-fn subscription_error(protocol: WebSocketProtocols, id: &str, message: &str, code: &str) -> Message {
-    let err = json!({"message": message, "extensions": {"code": code}});
+fn subscription_error(protocol: WebSocketProtocols, id: &str, message: &str, code: Code) -> Message {
+    let err = json!({"message": message, "extensions": {"code": code.as_str()}});
     match protocol {
         WebSocketProtocols::GraphQLWS => text(json!({"type": "error", "id": id, "payload": [err]})),
         WebSocketProtocols::SubscriptionsTransportWS => text(json!({"type": "error", "id": id, "payload": err})),
@@ -219,7 +220,7 @@ impl Conn {
                             "this connection already has {max} subscriptions open (MAX_SUBSCRIPTIONS_PER_CONNECTION); \
                              complete one or open another connection"
                         ),
-                        "BAD_USER_INPUT",
+                        Code::BadUserInput,
                     ));
                     return Ok(true);
                 }
@@ -286,7 +287,7 @@ impl Conn {
             .schema
             .execute_stream_with_session_data(request, session.data.clone())
             .map(move |mut resp| {
-                limits.code_errors(&mut resp.errors);
+                limits.code_errors(&mut resp.errors, None);
                 Out::Payload(fanout::payload(&resp))
             })
             .chain(done)

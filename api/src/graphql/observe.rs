@@ -14,6 +14,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::AppSchema;
+use crate::error::Code;
 use crate::limits::{Admitted, QueryLimits};
 use crate::metrics::Metrics;
 
@@ -21,15 +22,9 @@ use crate::metrics::Metrics;
 pub fn outcome(resp: &Response) -> String {
     match resp.errors.first() {
         None => "ok".into(),
-        Some(e) => e
-            .extensions
-            .as_ref()
-            .and_then(|x| x.get("code"))
-            .and_then(|c| match c {
-                async_graphql::Value::String(s) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "INTERNAL_SERVER_ERROR".into()),
+        Some(e) => crate::error::code_of(e)
+            .unwrap_or(Code::InternalServerError.as_str())
+            .to_owned(),
     }
 }
 
@@ -39,6 +34,7 @@ pub async fn execute(
     limits: &QueryLimits,
     metrics: Option<&Metrics>,
     mut request: Request,
+    request_id: Option<&str>,
 ) -> Response {
     let span = tracing::info_span!(
         "graphql",
@@ -51,7 +47,7 @@ pub async fn execute(
     let (admitted, resp) = match limits.admit(&mut request) {
         Ok(admitted) => {
             let mut resp = schema.execute(request).instrument(span.clone()).await;
-            limits.code_errors(&mut resp.errors);
+            limits.code_errors(&mut resp.errors, request_id);
             (admitted, resp)
         }
         Err(e) => (Admitted::default(), Response::from_errors(vec![e])),
