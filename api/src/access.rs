@@ -296,8 +296,9 @@ impl Access {
     }
 }
 
-/// The approval rule of a step record's definition, if it has one.
+/// The approval rule of a step record's definition, if it has one. A
+/// definition that cannot be read grants no one anything (the run stops at
+/// that step, so there is nothing to decide).
 pub fn approval_rule(s: &workflow_execution_step::Model) -> Option<ApprovalRule> {
-    let def: StepDefinition = serde_json::from_value(s.definition.clone()?).ok()?;
-    def.approval
+    StepDefinition::read(s.definition.as_ref()?).ok()?.approval
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::validation::{self, OrderedPrompt};
 use super::{new_id, now, versions};
+use crate::engine::definition::ApprovalRule;
 use crate::error::{ApiError, ApiResult};
 
 /// A validated step ready to be written.
@@ -26,8 +27,7 @@ pub struct NewStep {
     pub metadata: Option<Value>,
     pub condition: Option<Value>,
     pub parallel_group: Option<String>,
-    /// An `ApprovalRule` as JSON.
-    pub approval: Option<Value>,
+    pub approval: Option<ApprovalRule>,
 }
 
 /// Validated changes; `None` leaves a field, `Some(None)` clears a JSON field.
@@ -40,12 +40,22 @@ pub struct StepChanges {
     pub metadata: Option<Option<Value>>,
     pub condition: Option<Option<Value>>,
     pub parallel_group: Option<Option<String>>,
-    pub approval: Option<Option<Value>>,
+    pub approval: Option<Option<ApprovalRule>>,
 }
 
-impl From<&step::Model> for NewStep {
-    fn from(s: &step::Model) -> Self {
-        Self {
+impl TryFrom<&step::Model> for NewStep {
+    type Error = ApiError;
+
+    /// A stored step to copy: one whose approval rule cannot be read is an
+    /// internal error, never copied as a step without approval.
+    fn try_from(s: &step::Model) -> ApiResult<Self> {
+        let approval = s
+            .approval
+            .as_ref()
+            .map(ApprovalRule::parse)
+            .transpose()
+            .map_err(|e| ApiError::Internal(format!("step {} has an unreadable approval rule: {e}", s.id)))?;
+        Ok(Self {
             agent_id: s.agent_id.clone(),
             prompt_template: s.prompt_template.clone(),
             requires_user_input: s.requires_user_input,
@@ -53,8 +63,8 @@ impl From<&step::Model> for NewStep {
             metadata: s.metadata.clone(),
             condition: s.condition.clone(),
             parallel_group: s.parallel_group.clone(),
-            approval: s.approval.clone(),
-        }
+            approval,
+        })
     }
 }
 
@@ -71,7 +81,7 @@ impl NewStep {
             metadata: self.metadata,
             condition: self.condition,
             parallel_group: self.parallel_group,
-            approval: self.approval,
+            approval: self.approval.as_ref().map(ApprovalRule::to_json),
             created_at: at,
             updated_at: at,
         }
@@ -381,7 +391,7 @@ pub async fn update(
         next.parallel_group = v;
     }
     if let Some(v) = changes.approval {
-        next.approval = v;
+        next.approval = v.as_ref().map(ApprovalRule::to_json);
     }
     next.updated_at = now();
     let total = steps

@@ -91,40 +91,15 @@ pub fn condition(field: &str, rule: &Value) -> ApiResult<()> {
     condition::check(rule).map_err(|e| ApiError::bad_input(format!("{field}: not a valid JSON Logic expression: {e}")))
 }
 
-/// `metadata` is free-form JSON, but the keys the runner reads must make sense.
+/// `metadata` is free-form JSON, but the keys the runner reads must be ones
+/// it can read (the same reading the runner does).
 pub fn metadata(field: &str, meta: &Value) -> ApiResult<()> {
-    let Some(map) = meta.as_object() else {
+    if !meta.is_object() {
         return Err(ApiError::bad_input(format!("{field}: must be a JSON object")));
-    };
-    if let Some(t) = map.get("timeoutMs") {
-        if !t.as_u64().is_some_and(|n| n > 0) {
-            return Err(ApiError::bad_input(format!(
-                "{field}.timeoutMs: must be a positive integer (milliseconds)"
-            )));
-        }
     }
-    if let Some(r) = map.get("retry") {
-        let Some(r) = r.as_object() else {
-            return Err(ApiError::bad_input(format!(
-                "{field}.retry: must be an object {{ \"maxAttempts\": n, \"backoffMs\": m }}"
-            )));
-        };
-        if let Some(n) = r.get("maxAttempts") {
-            if !n.as_u64().is_some_and(|n| (1..=100).contains(&n)) {
-                return Err(ApiError::bad_input(format!(
-                    "{field}.retry.maxAttempts: must be an integer from 1 to 100"
-                )));
-            }
-        }
-        if let Some(b) = r.get("backoffMs") {
-            if b.as_u64().is_none() {
-                return Err(ApiError::bad_input(format!(
-                    "{field}.retry.backoffMs: must be a non-negative integer"
-                )));
-            }
-        }
-    }
-    Ok(())
+    crate::engine::definition::Attempts::parse(Some(meta))
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_input(format!("{field}.{e}")))
 }
 
 /// A step as the reference check sees it.

@@ -12,7 +12,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{new_id, now};
-use crate::engine::definition::StepDefinition;
+use crate::engine::definition::{ApprovalRule, StepDefinition};
 
 /// One step as a version stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,7 +227,7 @@ pub async fn restore(
             metadata: d.metadata,
             condition: d.condition,
             parallel_group: d.parallel_group,
-            approval: d.approval.map(|a| serde_json::to_value(a).expect("rule serializes")),
+            approval: d.approval.as_ref().map(ApprovalRule::to_json),
             created_at: existing.map_or(at, |c| c.created_at),
             updated_at: at,
         };

@@ -1,5 +1,6 @@
 //! GraphQL input types, and their conversion into validated domain values.
 
+use crate::engine::definition::ApprovalRule;
 use async_graphql::{ID, InputObject, Json, MaybeUndefined};
 use serde_json::Value;
 
@@ -88,7 +89,7 @@ pub struct WorkflowApprovalRuleInput {
 }
 
 impl WorkflowApprovalRuleInput {
-    fn validate(self, field: &str) -> ApiResult<Value> {
+    fn validate(self, field: &str) -> ApiResult<ApprovalRule> {
         if self.required < 1 {
             return Err(ApiError::bad_input(format!("{field}.required: must be at least 1")));
         }
@@ -111,13 +112,12 @@ impl WorkflowApprovalRuleInput {
                 )));
             }
         }
-        let rule = crate::engine::definition::ApprovalRule {
+        Ok(ApprovalRule {
             required: self.required as u32,
             min_role: self.min_role.map(Into::into),
             user_ids,
             allow_starter: self.allow_starter,
-        };
-        Ok(serde_json::to_value(rule).expect("rule serializes"))
+        })
     }
 }
 

@@ -348,7 +348,10 @@ impl Mutation {
                 category: source.category.clone(),
                 tags: source.tags.0.clone(),
                 is_public: source.is_public,
-                steps: source_steps.iter().map(steps::NewStep::from).collect(),
+                steps: source_steps
+                    .iter()
+                    .map(steps::NewStep::try_from)
+                    .collect::<ApiResult<_>>()?,
                 parent_template_id: Some(source.id.clone()),
             },
         )
@@ -556,19 +559,16 @@ async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workfl
 async fn approvers_are_members(
     r: &RequestCtx,
     drive_id: &str,
-    approval: Option<&serde_json::Value>,
+    approval: Option<&crate::engine::definition::ApprovalRule>,
     field: &str,
 ) -> ApiResult<()> {
-    let Some(ids) = approval
-        .and_then(crate::engine::definition::ApprovalRule::from_json)
-        .and_then(|rule| rule.user_ids)
-    else {
+    let Some(ids) = approval.and_then(|rule| rule.user_ids.as_ref()) else {
         return Ok(());
     };
     let members = drives::members_of(&r.db, &[drive_id.to_owned()]).await?;
     let members = members.get(drive_id).map(Vec::as_slice).unwrap_or_default();
     for id in ids {
-        if !members.iter().any(|m| m.user_id == id) {
+        if !members.iter().any(|m| m.user_id == *id) {
             return Err(ApiError::bad_input(format!(
                 "{field}.approval.userIds: {id} is not a member of this drive"
             )));

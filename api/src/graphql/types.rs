@@ -477,12 +477,19 @@ impl WorkflowStep {
         self.0.parallel_group.as_deref()
     }
     /// Who must approve the step before it runs.
-    async fn approval(&self) -> Option<WorkflowApprovalRule> {
-        self.0
+    async fn approval(&self) -> Result<Option<WorkflowApprovalRule>> {
+        // A stored rule that cannot be read is an error, never "no approval".
+        let rule = self
+            .0
             .approval
             .as_ref()
-            .and_then(crate::engine::definition::ApprovalRule::from_json)
-            .map(Into::into)
+            .map(crate::engine::definition::ApprovalRule::parse);
+        match rule.transpose() {
+            Ok(rule) => Ok(rule.map(Into::into)),
+            Err(e) => {
+                Err(ApiError::Internal(format!("step {} has an unreadable approval rule: {e}", self.0.id)).into())
+            }
+        }
     }
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
@@ -727,9 +734,11 @@ impl WorkflowExecutionStep {
         if !self.1 {
             return Ok(None);
         }
-        let def: Option<crate::engine::definition::StepDefinition> =
-            self.0.definition.clone().and_then(|d| serde_json::from_value(d).ok());
-        let Some(def) = def else { return Ok(None) };
+        let Some(stored) = &self.0.definition else {
+            return Ok(None);
+        };
+        let def = crate::engine::definition::StepDefinition::read(stored)
+            .map_err(|why| ApiError::Internal(format!("step record {}: {why}", self.0.id)))?;
         if let Some(rule) = &def.approval {
             let approved = self.decisions(ctx).await?.iter().filter(|d| d.approve).count() as u32;
             if approved < rule.required {

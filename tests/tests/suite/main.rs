@@ -5,6 +5,7 @@
 mod auth;
 mod direct;
 mod executions;
+mod fail_closed;
 mod graphiql;
 mod hostile;
 mod instances;

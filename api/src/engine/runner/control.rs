@@ -22,7 +22,10 @@ impl Engine {
             .iter()
             .position(|s| s.step_order == order && s.status == StepStatus::Pending)
             .ok_or_else(|| ApiError::Internal(format!("paused execution {id} has no pending step {order}")))?;
-        let def = self.definition(&state.steps[idx]).await?;
+        let def = self
+            .definition(&state.steps[idx])
+            .await?
+            .map_err(|why| ApiError::Internal(format!("execution {id}, step {order}: {why}")))?;
         validation::user_input(def.input_schema.as_ref(), &input)?;
         let base = state.context_bytes();
         self.limits().context_with(
@@ -242,7 +245,11 @@ impl Engine {
             return Err(awaiting());
         };
         let step = state.steps[idx].clone();
-        let Some(rule) = self.definition(&step).await?.approval else {
+        let def = self
+            .definition(&step)
+            .await?
+            .map_err(|why| ApiError::Internal(format!("step {}: {why}", step.step_order)))?;
+        let Some(rule) = def.approval else {
             return Err(awaiting());
         };
         eligible(&rule, &state.exec, &state.steps)?;

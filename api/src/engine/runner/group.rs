@@ -29,10 +29,10 @@ impl Engine {
         let first_order = state.steps[first].step_order;
         let mut members = Vec::new();
         for idx in first..state.steps.len() {
-            let def = match self.definition(&state.steps[idx]).await {
+            let def = match self.definition(&state.steps[idx]).await? {
                 Ok(d) => d,
-                Err(e) => {
-                    self.fail(live, state, idx, e.message()).await?;
+                Err(why) => {
+                    self.fail(live, state, idx, why).await?;
                     return Ok(false);
                 }
             };

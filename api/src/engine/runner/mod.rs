@@ -327,21 +327,31 @@ impl Engine {
         Ok(result)
     }
 
-    async fn definition(&self, step: &exec_step::Model) -> ApiResult<StepDefinition> {
-        if let Some(d) = &step.definition {
-            return serde_json::from_value(d.clone())
-                .map_err(|e| ApiError::Internal(format!("step {} has an unreadable definition: {e}", step.id)));
-        }
-        // Rows written before definitions were copied: use the template step.
-        let Some(step_id) = &step.workflow_step_id else {
-            return Err(ApiError::Internal(format!(
-                "step {} has no definition",
-                step.step_order
-            )));
+    /// The step record's definition as the engine obeys it. The inner `Err`
+    /// says why it cannot be read (the step must then stop the run, never
+    /// run without the setting); the outer one is the database's.
+    async fn definition(&self, step: &exec_step::Model) -> Result<Result<StepDefinition, String>, DbErr> {
+        let read = match &step.definition {
+            Some(d) => StepDefinition::read(d),
+            // Rows written before definitions were copied: use the template step.
+            None => match &step.workflow_step_id {
+                None => Err("definition is missing".to_owned()),
+                Some(step_id) => match domain::steps::find(&self.db, step_id).await? {
+                    None => Err("definition is missing and its template step is gone".to_owned()),
+                    Some(row) => {
+                        let def = StepDefinition::from(&row);
+                        match &def.unreadable {
+                            Some(why) => Err(why.clone()),
+                            None => def
+                                .attempts()
+                                .map(|_| def)
+                                .map_err(|e| format!("metadata cannot be read ({e})")),
+                        }
+                    }
+                },
+            },
         };
-        let def = domain::steps::find(&self.db, step_id).await?;
-        def.map(|d| StepDefinition::from(&d))
-            .ok_or_else(|| ApiError::Internal(format!("step {} has no definition", step.step_order)))
+        Ok(read.map_err(|why| format!("its {why}; the step was not run")))
     }
 
     /// Stops taking new work, lets steps in flight finish for up to `grace`,

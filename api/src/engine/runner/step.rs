@@ -89,10 +89,10 @@ impl Engine {
             let is_last = state.steps[idx + 1..]
                 .iter()
                 .all(|s| !matches!(s.status, StepStatus::Pending | StepStatus::Running));
-            let def = match self.definition(&step).await {
+            let def = match self.definition(&step).await? {
                 Ok(d) => d,
-                Err(e) => {
-                    self.fail(live, &mut state, idx, e.message()).await?;
+                Err(why) => {
+                    self.fail(live, &mut state, idx, why).await?;
                     return Ok(());
                 }
             };
@@ -311,7 +311,10 @@ impl Engine {
         rendered: &str,
         stop: &CancellationToken,
     ) -> Result<AgentOutcome, DbErr> {
-        let policy = def.attempts();
+        let policy = match def.attempts() {
+            Ok(p) => p,
+            Err(e) => return Ok(AgentOutcome::Failed(format!("its metadata cannot be read ({e})"))),
+        };
         let mut attempt = 1;
         loop {
             *state.lock().await.attempts.entry(idx).or_default() += 1;
