@@ -261,55 +261,12 @@ impl Engine {
         if approvals >= rule.required {
             return Err(awaiting()); // Approved; it waits for input now.
         }
-        let at = now();
         let insert = domain::approvals::insert(&step.id, decision.user_id, decision.approve, decision.comment.clone());
         let resumes = decision.approve && approvals + 1 >= rule.required;
-        let change = if !decision.approve {
-            let message = match decision.comment.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
-                Some(c) => format!("step {} rejected by {}: {c}", step.step_order, decision.user_name),
-                None => format!("step {} rejected by {}", step.step_order, decision.user_name),
-            };
-            Change::new(
-                &[ExecutionStatus::Paused],
-                false,
-                ExecPatch {
-                    status: Some(ExecutionStatus::Failed),
-                    failed_at: Some(at),
-                    error_message: Some(message.clone()),
-                    lease: Some(None),
-                    ..Default::default()
-                },
-            )
-            .step(
-                idx,
-                StepPatch {
-                    status: Some(StepStatus::Failed),
-                    completed_at: Some(at),
-                    error_message: Some(message),
-                    ..Default::default()
-                },
-            )
-            .events(&[
-                EventKind::ApprovalDecided,
-                EventKind::StepUpdated,
-                EventKind::ExecutionUpdated,
-            ])
-        } else if resumes {
-            Change::new(
-                &[ExecutionStatus::Paused],
-                false,
-                ExecPatch {
-                    status: Some(ExecutionStatus::Running),
-                    lease: Some(Some(self.lease_until())),
-                    ..Default::default()
-                },
-            )
-            .step(idx, StepPatch::default())
-            .events(&[EventKind::ApprovalDecided, EventKind::ExecutionUpdated])
+        let change = if decision.approve {
+            self.approval_change(idx, resumes)
         } else {
-            Change::new(&[ExecutionStatus::Paused], false, ExecPatch::default())
-                .step(idx, StepPatch::default())
-                .events(&[EventKind::ApprovalDecided])
+            rejection_change(idx, step.step_order, &decision)
         };
         let change = Change {
             also: Some(insert),
@@ -332,4 +289,59 @@ impl Engine {
         }
         Ok(exec)
     }
+
+    /// An approval: recorded, and the run resumes when it is the last needed.
+    fn approval_change(&self, idx: usize, resumes: bool) -> Change {
+        if resumes {
+            Change::new(
+                &[ExecutionStatus::Paused],
+                false,
+                ExecPatch {
+                    status: Some(ExecutionStatus::Running),
+                    lease: Some(Some(self.lease_until())),
+                    ..Default::default()
+                },
+            )
+            .step(idx, StepPatch::default())
+            .events(&[EventKind::ApprovalDecided, EventKind::ExecutionUpdated])
+        } else {
+            Change::new(&[ExecutionStatus::Paused], false, ExecPatch::default())
+                .step(idx, StepPatch::default())
+                .events(&[EventKind::ApprovalDecided])
+        }
+    }
+}
+
+/// A rejection: the step and the run are FAILED, naming who rejected and why.
+fn rejection_change(idx: usize, order: i32, decision: &Decision<'_>) -> Change {
+    let at = now();
+    let message = match decision.comment.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => format!("step {order} rejected by {}: {c}", decision.user_name),
+        None => format!("step {order} rejected by {}", decision.user_name),
+    };
+    Change::new(
+        &[ExecutionStatus::Paused],
+        false,
+        ExecPatch {
+            status: Some(ExecutionStatus::Failed),
+            failed_at: Some(at),
+            error_message: Some(message.clone()),
+            lease: Some(None),
+            ..Default::default()
+        },
+    )
+    .step(
+        idx,
+        StepPatch {
+            status: Some(StepStatus::Failed),
+            completed_at: Some(at),
+            error_message: Some(message),
+            ..Default::default()
+        },
+    )
+    .events(&[
+        EventKind::ApprovalDecided,
+        EventKind::StepUpdated,
+        EventKind::ExecutionUpdated,
+    ])
 }

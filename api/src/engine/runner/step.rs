@@ -56,218 +56,234 @@ impl Engine {
                 // Shutting down: the lease is handed back for another instance.
                 return Ok(());
             }
-            let Some(idx) = state
-                .steps
-                .iter()
-                .position(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
-            else {
+            let Some(idx) = next_step(&state) else {
                 // Nothing left (e.g. the last steps were skipped): done.
-                let at = now();
-                self.write(
-                    live,
-                    &mut state,
-                    Change {
-                        expect: &[ExecutionStatus::Running],
-                        owned: true,
-                        exec: ExecPatch {
-                            status: Some(ExecutionStatus::Completed),
-                            completed_at: Some(at),
-                            lease: Some(None),
-                            ..Default::default()
-                        },
-                        steps: Vec::new(),
-                        events: vec![EventKind::ExecutionUpdated],
-                        also: None,
-                    },
-                )
-                .await?;
+                self.complete(live, &mut state).await?;
                 return Ok(());
             };
-            let step = state.steps[idx].clone();
-            let order = step.step_order;
-            let next_order = state.steps.get(idx + 1).map(|s| s.step_order);
-            let is_last = state.steps[idx + 1..]
-                .iter()
-                .all(|s| !matches!(s.status, StepStatus::Pending | StepStatus::Running));
-            let def = match self.definition(&step).await? {
+            let def = match self.definition(&state.steps[idx]).await? {
                 Ok(d) => d,
                 Err(why) => {
                     self.fail(live, &mut state, idx, why).await?;
                     return Ok(());
                 }
             };
-            if let Some(group) = def.parallel_group.clone() {
-                if self.run_group(live, &mut state, idx, &group).await? {
-                    continue;
-                }
-                return Ok(());
-            }
-
-            if let Some(rule) = &def.condition {
-                match condition::evaluate(rule, &state.exec.accumulated_context) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let at = now();
-                        let done = is_last;
-                        let applied = self
-                            .write(
-                                live,
-                                &mut state,
-                                step_finished(
-                                    idx,
-                                    next_order,
-                                    done,
-                                    at,
-                                    StepPatch {
-                                        status: Some(StepStatus::Skipped),
-                                        completed_at: Some(at),
-                                        ..Default::default()
-                                    },
-                                    None,
-                                ),
-                            )
-                            .await?;
-                        if !applied {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        self.fail(
-                            live,
-                            &mut state,
-                            idx,
-                            format!("its condition could not be evaluated: {e}"),
-                        )
-                        .await?;
-                        return Ok(());
-                    }
-                }
-            }
-
-            // Approval comes before input: a person decides whether the step
-            // runs at all. A rejection fails the run where it is decided.
-            let approved = match &def.approval {
-                Some(rule) => domain::approvals::approvals_of(&self.db, &step.id).await? >= rule.required,
-                None => true,
+            let approvals = match &def.approval {
+                Some(_) => Some(domain::approvals::approvals_of(&self.db, &state.steps[idx].id).await?),
+                None => None,
             };
-            if !approved || (def.requires_user_input && step.user_input.is_none()) {
-                self.write(
-                    live,
-                    &mut state,
-                    Change {
-                        expect: &[ExecutionStatus::Running],
-                        owned: true,
-                        exec: ExecPatch {
-                            status: Some(ExecutionStatus::Paused),
-                            lease: Some(None),
-                            paused_at: Some(now()),
-                            current_step_order: Some(Some(order)),
-                            ..Default::default()
-                        },
-                        steps: Vec::new(),
-                        events: vec![EventKind::ExecutionUpdated],
-                        also: None,
-                    },
-                )
-                .await?;
-                return Ok(());
-            }
-
-            let (rendered, agent) =
-                match self.prepare_call(&def, &state.exec.accumulated_context, step.user_input.as_ref()) {
-                    Ok(call) => call,
-                    Err(why) => {
-                        self.fail(live, &mut state, idx, why).await?;
-                        return Ok(());
-                    }
-                };
-            let applied = self
-                .write(
-                    live,
-                    &mut state,
-                    Change {
-                        expect: &[ExecutionStatus::Running],
-                        owned: true,
-                        exec: ExecPatch {
-                            current_step_order: Some(Some(order)),
-                            ..Default::default()
-                        },
-                        steps: vec![(
-                            idx,
-                            StepPatch {
-                                status: Some(StepStatus::Running),
-                                started_at: Some(now()),
-                                agent_input: Some(json!({"prompt": rendered, "agentId": def.agent_id})),
-                                ..Default::default()
-                            },
-                        )],
-                        events: vec![EventKind::StepUpdated],
-                        also: None,
-                    },
-                )
-                .await?;
-            if !applied {
-                return Ok(());
-            }
-
-            let cell = tokio::sync::Mutex::new(state);
-            let outcome = self
-                .call_agent(
-                    live,
-                    &cell,
-                    idx,
-                    agent.as_ref(),
-                    &def,
-                    &rendered,
-                    &CancellationToken::new(),
-                )
-                .await?;
-            state = cell.into_inner();
-            match outcome {
-                AgentOutcome::Stopped => return Ok(()),
-                AgentOutcome::Failed(cause) => {
-                    self.fail(live, &mut state, idx, format!("agent '{}': {cause}", def.agent_id))
-                        .await?;
-                    return Ok(());
+            let goes_on = match what_next(&def, &state, idx, approvals) {
+                Next::Group(group) => self.run_group(live, &mut state, idx, &group).await?,
+                Next::Skip => self.skip(live, &mut state, idx).await?,
+                Next::Fail(why) => {
+                    self.fail(live, &mut state, idx, why).await?;
+                    false
                 }
-                AgentOutcome::Done(output) => {
-                    let at = now();
-                    let key = format!("step_{order}_output");
-                    let base = state.context_bytes();
-                    if let Err(why) = self
-                        .limits()
-                        .output_fits(&output, &state.exec.accumulated_context, base, &key)
-                    {
-                        self.fail(live, &mut state, idx, why).await?;
-                        return Ok(());
-                    }
-                    let done = is_last;
-                    let applied = self
-                        .write(
-                            live,
-                            &mut state,
-                            step_finished(
-                                idx,
-                                next_order,
-                                done,
-                                at,
-                                StepPatch {
-                                    status: Some(StepStatus::Completed),
-                                    agent_output: Some(output.clone()),
-                                    completed_at: Some(at),
-                                    ..Default::default()
-                                },
-                                Some((format!("step_{order}_output"), output)),
-                            ),
-                        )
-                        .await?;
-                    if !applied || done {
-                        return Ok(());
-                    }
+                Next::Pause => {
+                    self.pause_at(live, &mut state, idx).await?;
+                    false
                 }
+                Next::Call => self.run_step(live, &mut state, idx, &def).await?,
+            };
+            if !goes_on {
+                return Ok(());
             }
         }
+    }
+
+    /// Marks the execution COMPLETED: no step is left to run.
+    async fn complete(&self, live: &Live, state: &mut RunState) -> Result<(), DbErr> {
+        let at = now();
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                owned: true,
+                exec: ExecPatch {
+                    status: Some(ExecutionStatus::Completed),
+                    completed_at: Some(at),
+                    lease: Some(None),
+                    ..Default::default()
+                },
+                steps: Vec::new(),
+                events: vec![EventKind::ExecutionUpdated],
+                also: None,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks step `idx` SKIPPED (its condition is false); whether the run
+    /// goes on.
+    async fn skip(&self, live: &Live, state: &mut RunState, idx: usize) -> Result<bool, DbErr> {
+        let at = now();
+        let (next_order, last) = after(state, idx);
+        let applied = self
+            .write(
+                live,
+                state,
+                step_finished(
+                    idx,
+                    next_order,
+                    last,
+                    at,
+                    StepPatch {
+                        status: Some(StepStatus::Skipped),
+                        completed_at: Some(at),
+                        ..Default::default()
+                    },
+                    None,
+                ),
+            )
+            .await?;
+        Ok(applied)
+    }
+
+    /// Pauses the run at step `idx`, which waits for approval or input.
+    async fn pause_at(&self, live: &Live, state: &mut RunState, idx: usize) -> Result<(), DbErr> {
+        let order = state.steps[idx].step_order;
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                owned: true,
+                exec: ExecPatch {
+                    status: Some(ExecutionStatus::Paused),
+                    lease: Some(None),
+                    paused_at: Some(now()),
+                    current_step_order: Some(Some(order)),
+                    ..Default::default()
+                },
+                steps: Vec::new(),
+                events: vec![EventKind::ExecutionUpdated],
+                also: None,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs step `idx`'s agent and stores what came of it; whether the run
+    /// goes on to the next step.
+    async fn run_step(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        def: &StepDefinition,
+    ) -> Result<bool, DbErr> {
+        let (rendered, agent) = match self.prepare_call(
+            def,
+            &state.exec.accumulated_context,
+            state.steps[idx].user_input.as_ref(),
+        ) {
+            Ok(call) => call,
+            Err(why) => {
+                self.fail(live, state, idx, why).await?;
+                return Ok(false);
+            }
+        };
+        if !self.start_step(live, state, idx, def, &rendered).await? {
+            return Ok(false);
+        }
+        // The call shares the state with the writes it makes while it streams.
+        let cell = tokio::sync::Mutex::new(state.clone());
+        let outcome = self
+            .call_agent(
+                live,
+                &cell,
+                idx,
+                agent.as_ref(),
+                def,
+                &rendered,
+                &CancellationToken::new(),
+            )
+            .await;
+        *state = cell.into_inner();
+        match outcome? {
+            AgentOutcome::Stopped => Ok(false),
+            AgentOutcome::Failed(cause) => {
+                self.fail(live, state, idx, format!("agent '{}': {cause}", def.agent_id))
+                    .await?;
+                Ok(false)
+            }
+            AgentOutcome::Done(output) => self.store_output(live, state, idx, output).await,
+        }
+    }
+
+    /// Marks step `idx` RUNNING with its rendered prompt; whether it was.
+    async fn start_step(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        def: &StepDefinition,
+        rendered: &str,
+    ) -> Result<bool, DbErr> {
+        let order = state.steps[idx].step_order;
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                owned: true,
+                exec: ExecPatch {
+                    current_step_order: Some(Some(order)),
+                    ..Default::default()
+                },
+                steps: vec![(
+                    idx,
+                    StepPatch {
+                        status: Some(StepStatus::Running),
+                        started_at: Some(now()),
+                        agent_input: Some(json!({"prompt": rendered, "agentId": def.agent_id})),
+                        ..Default::default()
+                    },
+                )],
+                events: vec![EventKind::StepUpdated],
+                also: None,
+            },
+        )
+        .await
+    }
+
+    /// Stores the agent's output as step `idx`'s and in the context (or fails
+    /// the step when it does not fit); whether the run goes on.
+    async fn store_output(&self, live: &Live, state: &mut RunState, idx: usize, output: Value) -> Result<bool, DbErr> {
+        let at = now();
+        let key = format!("step_{}_output", state.steps[idx].step_order);
+        let base = state.context_bytes();
+        if let Err(why) = self
+            .limits()
+            .output_fits(&output, &state.exec.accumulated_context, base, &key)
+        {
+            self.fail(live, state, idx, why).await?;
+            return Ok(false);
+        }
+        let (next_order, last) = after(state, idx);
+        let applied = self
+            .write(
+                live,
+                state,
+                step_finished(
+                    idx,
+                    next_order,
+                    last,
+                    at,
+                    StepPatch {
+                        status: Some(StepStatus::Completed),
+                        agent_output: Some(output.clone()),
+                        completed_at: Some(at),
+                        ..Default::default()
+                    },
+                    Some((key, output)),
+                ),
+            )
+            .await?;
+        Ok(applied && !last)
     }
 
     /// Calls the agent under the step's timeout and retry policy, publishing
@@ -318,91 +334,113 @@ impl Engine {
         let mut attempt = 1;
         loop {
             *state.lock().await.attempts.entry(idx).or_default() += 1;
-            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-            let mut streamed = false;
-            let result = {
-                let call = agent.call(rendered, Some(&tx));
-                tokio::pin!(call);
-                let deadline = async {
-                    match policy.timeout {
-                        Some(t) => tokio::time::sleep(t).await,
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
-                        _ = self.abandon.cancelled() => return Ok(AgentOutcome::Stopped),
-                        _ = stop.cancelled() => return Ok(AgentOutcome::Stopped),
-                        Some(piece) = rx.recv() => {
-                            streamed = true;
-                            self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
-                        }
-                        r = &mut call => break r,
-                        _ = &mut deadline => break Err(AgentError::Retryable {
-                            message: format!("timed out after {} ms", policy.timeout.map_or(0, |t| t.as_millis())),
-                            retry_after: None,
-                        }),
-                    }
-                }
+            let Some((result, streamed)) = self
+                .attempt(live, state, idx, agent, rendered, policy.timeout, stop)
+                .await?
+            else {
+                return Ok(AgentOutcome::Stopped);
             };
-            // Pieces sent just before the call returned.
-            while let Ok(piece) = rx.try_recv() {
-                streamed = true;
-                self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
-            }
-            match result {
+            let (message, retry_after) = match result {
                 Ok(output) => return Ok(AgentOutcome::Done(output)),
                 Err(AgentError::Fatal(m)) => return Ok(AgentOutcome::Failed(m)),
-                Err(AgentError::Retryable { message, retry_after }) => {
-                    if attempt >= policy.max_attempts {
-                        let tries = if attempt > 1 {
-                            format!(" (after {attempt} attempts)")
-                        } else {
-                            String::new()
-                        };
-                        return Ok(AgentOutcome::Failed(format!("{message}{tries}")));
+                Err(AgentError::Retryable { message, retry_after }) => (message, retry_after),
+            };
+            if attempt >= policy.max_attempts {
+                let tries = if attempt > 1 {
+                    format!(" (after {attempt} attempts)")
+                } else {
+                    String::new()
+                };
+                return Ok(AgentOutcome::Failed(format!("{message}{tries}")));
+            }
+            let wait = retry_after.unwrap_or(policy.backoff).max(policy.backoff);
+            tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
+            tokio::select! {
+                _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
+                _ = stop.cancelled() => return Ok(AgentOutcome::Stopped),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if streamed && !self.restart(live, &mut *state.lock().await, idx).await? {
+                return Ok(AgentOutcome::Stopped);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One call of the agent under `timeout`, its streamed pieces published
+    /// as they come: the result and whether any piece was streamed, or
+    /// `None` when the run was cancelled or the call abandoned.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        live: &Live,
+        state: &tokio::sync::Mutex<RunState>,
+        idx: usize,
+        agent: &dyn crate::engine::agents::Agent,
+        rendered: &str,
+        timeout: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> Result<Option<(Result<Value, AgentError>, bool)>, DbErr> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let mut streamed = false;
+        let result = {
+            let call = agent.call(rendered, Some(&tx));
+            tokio::pin!(call);
+            let deadline = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = live.cancel.cancelled() => return Ok(None),
+                    _ = self.abandon.cancelled() => return Ok(None),
+                    _ = stop.cancelled() => return Ok(None),
+                    Some(piece) = rx.recv() => {
+                        streamed = true;
+                        self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
                     }
-                    let wait = retry_after.unwrap_or(policy.backoff).max(policy.backoff);
-                    tracing::info!(step = idx, attempt, error = %message, "retrying agent call");
-                    tokio::select! {
-                        _ = live.cancel.cancelled() => return Ok(AgentOutcome::Stopped),
-                        _ = stop.cancelled() => return Ok(AgentOutcome::Stopped),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    if streamed {
-                        // A new RUNNING event with a new startedAt tells
-                        // subscribers to drop the pieces of the failed attempt.
-                        let applied = self
-                            .write(
-                                live,
-                                &mut *state.lock().await,
-                                Change {
-                                    expect: &[ExecutionStatus::Running],
-                                    owned: true,
-                                    exec: ExecPatch::default(),
-                                    steps: vec![(
-                                        idx,
-                                        StepPatch {
-                                            started_at: Some(now()),
-                                            ..Default::default()
-                                        },
-                                    )],
-                                    events: vec![EventKind::StepUpdated],
-                                    also: None,
-                                },
-                            )
-                            .await?;
-                        if !applied {
-                            return Ok(AgentOutcome::Stopped);
-                        }
-                    }
-                    attempt += 1;
+                    r = &mut call => break r,
+                    _ = &mut deadline => break Err(AgentError::Retryable {
+                        message: format!("timed out after {} ms", timeout.map_or(0, |t| t.as_millis())),
+                        retry_after: None,
+                    }),
                 }
             }
+        };
+        // Pieces sent just before the call returned.
+        while let Ok(piece) = rx.try_recv() {
+            streamed = true;
+            self.publish_delta(live, &mut *state.lock().await, idx, piece).await?;
         }
+        Ok(Some((result, streamed)))
+    }
+
+    /// A new RUNNING event with a new startedAt: tells subscribers to drop
+    /// the pieces of the failed attempt. Whether it was written.
+    async fn restart(&self, live: &Live, state: &mut RunState, idx: usize) -> Result<bool, DbErr> {
+        self.write(
+            live,
+            state,
+            Change {
+                expect: &[ExecutionStatus::Running],
+                owned: true,
+                exec: ExecPatch::default(),
+                steps: vec![(
+                    idx,
+                    StepPatch {
+                        started_at: Some(now()),
+                        ..Default::default()
+                    },
+                )],
+                events: vec![EventKind::StepUpdated],
+                also: None,
+            },
+        )
+        .await
     }
 
     pub(super) async fn publish_delta(
@@ -450,6 +488,64 @@ impl Engine {
 
 /// A step that ended well (COMPLETED or SKIPPED): the run moves on to the
 /// next step, or is COMPLETED (and its lease let go) when it was the last.
+/// What the run does at the step it reached, decided from the step's
+/// definition, the run's state and the approvals recorded (`None` when the
+/// step needs none): no I/O here, `run` carries it out.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// The step opens a parallel group: run the group.
+    Group(String),
+    /// Its condition is false.
+    Skip,
+    /// It cannot run (its condition cannot be evaluated).
+    Fail(String),
+    /// It waits for approval or for input.
+    Pause,
+    /// Call its agent.
+    Call,
+}
+
+fn what_next(def: &StepDefinition, state: &RunState, idx: usize, approvals: Option<u32>) -> Next {
+    if let Some(group) = &def.parallel_group {
+        return Next::Group(group.clone());
+    }
+    if let Some(rule) = &def.condition {
+        match condition::evaluate(rule, &state.exec.accumulated_context) {
+            Ok(true) => {}
+            Ok(false) => return Next::Skip,
+            Err(e) => return Next::Fail(format!("its condition could not be evaluated: {e}")),
+        }
+    }
+    // Approval comes before input: a person decides whether the step runs
+    // at all. A rejection fails the run where it is decided.
+    let approved = match &def.approval {
+        Some(rule) => approvals.unwrap_or(0) >= rule.required,
+        None => true,
+    };
+    if !approved || (def.requires_user_input && state.steps[idx].user_input.is_none()) {
+        return Next::Pause;
+    }
+    Next::Call
+}
+
+/// The first step still to run.
+fn next_step(state: &RunState) -> Option<usize> {
+    state
+        .steps
+        .iter()
+        .position(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
+}
+
+/// After step `idx`: the next step's order, and whether `idx` is the last
+/// step left to run.
+fn after(state: &RunState, idx: usize) -> (Option<i32>, bool) {
+    let next_order = state.steps.get(idx + 1).map(|s| s.step_order);
+    let last = state.steps[idx + 1..]
+        .iter()
+        .all(|s| !matches!(s.status, StepStatus::Pending | StepStatus::Running));
+    (next_order, last)
+}
+
 fn step_finished(
     idx: usize,
     next_order: Option<i32>,
