@@ -383,44 +383,9 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.message(), Code::Unauthenticated),
     };
-    // Parsed as the shape it claims to be, so the error names the real problem.
-    let is_batch = body.trim_ascii_start().starts_with(b"[");
-    let parsed = if is_batch {
-        serde_json::from_slice::<Vec<async_graphql::Request>>(&body).map(BatchRequest::Batch)
-    } else {
-        serde_json::from_slice::<async_graphql::Request>(&body).map(BatchRequest::Single)
-    };
-    let batch = match parsed {
-        Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("the request body is not a GraphQL request in JSON: {e}"),
-                Code::GraphqlParseFailed,
-            );
-        }
-    };
-    let max_batch = state.limits.max_batch_size;
-    let requests = match batch {
-        BatchRequest::Single(r) => vec![r],
-        BatchRequest::Batch(list) if list.is_empty() => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "the batch is empty: send at least one operation",
-                Code::GraphqlValidationFailed,
-            );
-        }
-        BatchRequest::Batch(list) if list.len() > max_batch => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "the batch holds {} operations; at most {max_batch} are allowed (MAX_BATCH_SIZE)",
-                    list.len()
-                ),
-                Code::GraphqlValidationFailed,
-            );
-        }
-        BatchRequest::Batch(list) => list,
+    let (requests, is_batch) = match parse_requests(&body, state.limits.max_batch_size) {
+        Ok(parsed) => parsed,
+        Err((status, message, code)) => return refuse(status, &message, code),
     };
     let run = async {
         let mut responses = Vec::with_capacity(requests.len());
@@ -482,6 +447,45 @@ async fn graphql_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                 Code::InternalServerError,
             )
         }
+    }
+}
+
+/// The requests of a body, and whether it was a batch (a JSON array); else
+/// the refusal. Parsed as the shape it claims to be, so the error names the
+/// real problem.
+fn parse_requests(
+    body: &[u8],
+    max_batch: usize,
+) -> Result<(Vec<async_graphql::Request>, bool), (StatusCode, String, Code)> {
+    let is_batch = body.trim_ascii_start().starts_with(b"[");
+    let parsed = if is_batch {
+        serde_json::from_slice::<Vec<async_graphql::Request>>(body).map(BatchRequest::Batch)
+    } else {
+        serde_json::from_slice::<async_graphql::Request>(body).map(BatchRequest::Single)
+    };
+    let batch = parsed.map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not a GraphQL request in JSON: {e}"),
+            Code::GraphqlParseFailed,
+        )
+    })?;
+    match batch {
+        BatchRequest::Single(r) => Ok((vec![r], false)),
+        BatchRequest::Batch(list) if list.is_empty() => Err((
+            StatusCode::BAD_REQUEST,
+            "the batch is empty: send at least one operation".to_owned(),
+            Code::GraphqlValidationFailed,
+        )),
+        BatchRequest::Batch(list) if list.len() > max_batch => Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the batch holds {} operations; at most {max_batch} are allowed (MAX_BATCH_SIZE)",
+                list.len()
+            ),
+            Code::GraphqlValidationFailed,
+        )),
+        BatchRequest::Batch(list) => Ok((list, true)),
     }
 }
 
