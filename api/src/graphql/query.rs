@@ -4,9 +4,10 @@ use async_graphql::{Context, ID, Object, Result};
 
 use super::RequestCtx;
 use super::inputs::{WorkflowExecutionFilter, WorkflowTemplateFilter};
+use super::render::Direct;
 use super::types::*;
 use crate::domain::executions::ExecutionFilter;
-use crate::domain::pagination::{Cursor, DEFAULT_PAGE, MAX_PAGE, page_size};
+use crate::domain::pagination::{Cursor, page_size};
 use crate::domain::templates::TemplateFilter;
 use crate::domain::{self, drives, executions, schedules, templates, users};
 use crate::error::ApiError;
@@ -211,7 +212,7 @@ impl Query {
             return Ok(WorkflowScheduleConnection {
                 nodes: Vec::new(),
                 cursors: Vec::new(),
-                page_info: empty_page_info(),
+                page_info: PageInfo::empty(false),
                 count_condition: None,
             });
         };
@@ -286,27 +287,11 @@ impl Query {
     }
 }
 
-/// A page costs its fields once per row it may hold (`first`, default 20; a
-/// `first` over 100 is refused when the field runs, so it counts as 100).
-pub(crate) fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
-    let rows = first.map_or(DEFAULT_PAGE, |n| n.clamp(1, MAX_PAGE as i32) as u64) as usize;
-    rows.saturating_mul(child_complexity).saturating_add(1)
-}
-
-fn empty_page_info() -> PageInfo {
-    PageInfo {
-        has_next_page: false,
-        has_previous_page: false,
-        start_cursor: None,
-        end_cursor: None,
-    }
-}
-
 fn empty_executions() -> WorkflowExecutionConnection {
     WorkflowExecutionConnection {
         nodes: Vec::new(),
         cursors: Vec::new(),
-        page_info: empty_page_info(),
+        page_info: PageInfo::empty(false),
         count_condition: None,
     }
 }
