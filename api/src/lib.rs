@@ -3,7 +3,6 @@
 pub mod access;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -43,25 +43,17 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL).
     Schema,
-    /// Load a fixed data set, run the server and print what it measured
-    /// (build with --release; see BENCHMARKS.md).
-    Bench(workflows::bench::BenchArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The bench prints a table; the servers it runs log only warnings.
-    let default_filter = match cli.command {
-        Some(Command::Bench(_)) => "warn",
-        _ => workflows::telemetry::DEFAULT_FILTER,
-    };
     // `workflows serve --listen …` and `workflows --listen …` both work.
     let config = match &cli.command {
         Some(Command::Serve(c)) | Some(Command::Migrate(c)) => (**c).clone(),
         _ => cli.config.clone(),
     };
-    workflows::telemetry::init(config.http.log_format, default_filter);
+    workflows::telemetry::init(config.http.log_format, workflows::telemetry::DEFAULT_FILTER);
     match cli.command.unwrap_or(Command::Serve(Box::new(config.clone()))) {
         Command::Serve(_) => serve(config).await,
         Command::Migrate(_) => {
@@ -91,7 +83,6 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", workflows::graphql::sdl());
             Ok(())
         }
-        Command::Bench(args) => workflows::bench::run(args).await,
     }
 }
 

@@ -1,6 +1,6 @@
-//! The server under test as a child process (the real binary, so its RSS is
-//! its own), the machine's facts, and a TCP proxy that counts database round
-//! trips on the wire.
+//! The server under test as a child process (this executable running the
+//! server as `workflows serve` does, so its RSS is its own), the machine's
+//! facts, and a TCP proxy that counts database round trips on the wire.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use workflows::app::Application;
+use workflows::config::Config;
 
 /// A port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
@@ -20,7 +22,18 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// `workflows serve` running as a child of the bench.
+/// The child's side of [`ServerProcess`]: the server built and run as
+/// `workflows serve` builds and runs it, from the same library, allocator and
+/// build profile, until the bench kills it. Spawning this executable rather
+/// than a `workflows` found beside it means the server measured is always the
+/// code this bench was built from, and one `cargo run` builds everything.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    app.run_until(std::future::pending()).await?;
+    Ok(())
+}
+
+/// The server running as a child of the bench (see [`serve`]).
 pub struct ServerProcess {
     pub child: Child,
     pub pid: u32,
@@ -32,7 +45,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Spawns this same executable as `serve` and waits until `/readyz` answers 200.
     pub async fn start(database_url: &str, secret: &str, log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the workflows binary")?;
+        let exe = std::env::current_exe().context("locating the workflows-bench binary")?;
         let port = free_port()?;
         let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let started = Instant::now();
@@ -41,14 +54,14 @@ impl ServerProcess {
             .env("DATABASE_URL", database_url)
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_SECRET", secret)
-            .env("MAX_CONNECTIONS_PER_USER", super::MANY_CONNECTIONS.to_string())
+            .env("MAX_CONNECTIONS_PER_USER", crate::MANY_CONNECTIONS.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .context("starting `workflows serve`")?;
+            .context("starting `workflows-bench serve`")?;
         let pid = child.id().context("the server exited at once")?;
         let base = format!("http://127.0.0.1:{port}");
         let mut server = ServerProcess {

@@ -1,16 +1,18 @@
-//! `workflows bench`: loads a fixed data set through the server's database
+//! `workflows-bench`: loads a fixed data set through the server's database
 //! layer, runs the real server on a real socket, and prints what it measured
 //! — reads under load, the engine, subscription fan-out, the footprint — as
 //! a Markdown table (issue 7; results and their reading are in BENCHMARKS.md).
 //!
-//! The server runs twice over: as a child process (`workflows serve`, the
-//! real binary, for throughput and memory) and in process on its own runtime
-//! (where its statement counter and event bus can be read).
+//! The server runs twice over: as a child process (this executable's hidden
+//! `serve`, which runs the server as `workflows serve` does, for throughput
+//! and memory) and in process on its own runtime (where its statement counter
+//! and event bus can be read). A crate of its own, so the server's binary
+//! carries neither this code nor the WebSocket client it needs.
 
-pub mod data;
-pub mod host;
-pub mod load;
-pub mod ws;
+mod data;
+mod host;
+mod load;
+mod ws;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -18,23 +20,67 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use entity::{ExecutionStatus, drive, workflow_execution as execution};
 use futures::{StreamExt, TryStreamExt};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
+use workflows::app::{AppState, Application};
+use workflows::auth::JwtKeys;
+use workflows::config::{Config, LogFormat};
 
-use crate::app::{AppState, Application};
-use crate::auth::JwtKeys;
-use crate::config::Config;
 use data::DataSize;
 use load::GqlRequest;
 
+// The same allocator as the `workflows` binary: the in-process server and
+// the child measure what the real server does (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "workflows-bench",
+    version,
+    about = "Load a fixed data set, run the server and print what it measured (build with --release; see \
+             BENCHMARKS.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    child: Option<Child>,
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum Child {
+    /// The server under test, run as `workflows serve` runs it: the child
+    /// process the bench starts for its footprint, reads and idle parts.
+    #[command(hide = true)]
+    Serve(Box<Config>),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.child {
+        Some(Child::Serve(config)) => {
+            workflows::telemetry::init(config.http.log_format, workflows::telemetry::DEFAULT_FILTER);
+            host::serve(*config).await
+        }
+        None => {
+            // The bench prints a table; the servers it runs log only warnings.
+            workflows::telemetry::init(LogFormat::Text, "warn");
+            run(cli.args).await
+        }
+    }
+}
+
 const SECRET: &str = "workflows-bench-secret";
 /// The per-user WebSocket limit while benchmarking (all subscribers are one user).
-pub const MANY_CONNECTIONS: usize = 1_000_000;
+const MANY_CONNECTIONS: usize = 1_000_000;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+struct BenchArgs {
     /// Database to load and measure (`sqlite:…` or `postgres://…`); the data
     /// set is loaded once and reused by later runs. Default: a file in the
     /// temporary directory.
@@ -59,7 +105,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Part {
+enum Part {
     Footprint,
     Reads,
     Idle,
@@ -309,23 +355,23 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    match crate::db::connect(url, 4).await {
+    match workflows::db::connect(url, 4).await {
         Ok((db, _)) => Ok(db),
         Err(e) if url.starts_with("postgres") && e.to_string().contains("does not exist") => {
             let mut admin = reqwest::Url::parse(url)?;
             let name = admin.path().trim_start_matches('/').to_owned();
             admin.set_path("/postgres");
-            let (adb, _) = crate::db::connect(admin.as_str(), 1).await?;
+            let (adb, _) = workflows::db::connect(admin.as_str(), 1).await?;
             use sea_orm::ConnectionTrait;
             adb.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await?;
             adb.close().await?;
-            Ok(crate::db::connect(url, 4).await?.0)
+            Ok(workflows::db::connect(url, 4).await?.0)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(&args);
     let url = args.database_url.clone().unwrap_or_else(|| default_url(args.quick));
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
@@ -339,7 +385,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         "release build"
     };
-    println!("workflows bench — {backend} ({url})");
+    println!("workflows-bench — {backend} ({url})");
     println!(
         "machine: {}; {}; {}",
         host::machine(),
@@ -356,7 +402,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The data set.
     let db = connect(&url).await.context("connecting to the database")?;
-    crate::db::migrate(&db).await?;
+    workflows::db::migrate(&db).await?;
     let mut have = data::counts(&db).await?;
     let want = data::expected(plan.data);
     let mut loaded = false;
@@ -470,7 +516,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n## {backend}: {}\n\nmachine: {}; {}; `workflows bench{}`\n",
+        "\n## {backend}: {}\n\nmachine: {}; {}; `workflows-bench{}`\n",
         chrono::Utc::now().format("%Y-%m-%d"),
         host::machine(),
         build,
@@ -949,7 +995,7 @@ async fn growing_context(
         if ev.execution.id != id {
             continue;
         }
-        if ev.kind == crate::events::EventKind::StepUpdated
+        if ev.kind == workflows::events::EventKind::StepUpdated
             && ev
                 .step
                 .as_ref()
@@ -995,7 +1041,7 @@ async fn growing_context(
             ms(mean(&gaps[..5])),
             ms(mean(&gaps[gaps.len() - 5..])),
             (2 * GROWING_BYTES) as f64 / 1000.0,
-            crate::limits::json_bytes(&row.accumulated_context) as f64 / 1000.0,
+            workflows::limits::json_bytes(&row.accumulated_context) as f64 / 1000.0,
             ms(took)
         ),
         "close to flat",

@@ -9,7 +9,6 @@ use serde_json::Value;
 /// What one measured load produced.
 #[derive(Debug, Clone)]
 pub struct LoadResult {
-    pub requests: usize,
     pub errors: usize,
     pub per_second: f64,
     pub p50: Duration,
@@ -22,7 +21,7 @@ pub struct LoadResult {
 pub struct GqlRequest {
     pub url: String,
     pub authorization: String,
-    pub body: axum::body::Bytes,
+    pub body: bytes::Bytes,
 }
 
 impl GqlRequest {
@@ -35,7 +34,7 @@ impl GqlRequest {
         }
     }
 
-    async fn send(&self, client: &reqwest::Client) -> reqwest::Result<(u16, axum::body::Bytes)> {
+    async fn send(&self, client: &reqwest::Client) -> reqwest::Result<(u16, bytes::Bytes)> {
         let resp = client
             .post(&self.url)
             .header("content-type", "application/json")
@@ -128,7 +127,6 @@ pub async fn closed_loop(
     }
     all.sort_unstable();
     Ok(LoadResult {
-        requests: all.len(),
         errors,
         per_second: all.len() as f64 / duration.as_secs_f64(),
         p50: percentile(&all, 50.0),

@@ -14,8 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::load::percentile;
-use crate::events::EventBus;
+use workflows::events::EventBus;
+
+use crate::load::percentile;
 
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
