@@ -1,4 +1,4 @@
-//! The GraphQL object types of API.md. Each wraps an entity model; nested
+//! The GraphQL object types (docs/domain.md). Each wraps an entity model; nested
 //! fields go through the request's DataLoaders.
 
 use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
@@ -289,7 +289,7 @@ impl WorkflowTemplate {
     /// Counts, durations and token use of this template's runs in the drive
     /// (whoever started them) that started on `since`'s UTC day or later
     /// (default: all). Kept as runs and steps finish, so they survive the
-    /// retention sweep; see the README for what each number means.
+    /// retention sweep; docs/statistics.md says what each number means.
     async fn stats(&self, ctx: &Context<'_>, since: Option<DateTime<Utc>>) -> Result<WorkflowTemplateStats> {
         let r = ctx.data_unchecked::<RequestCtx>();
         if !r.access().await?.can_see_template_stats(&self.0) {
@@ -1024,7 +1024,7 @@ connection!(
     crate::domain::executions::count
 );
 
-/// A template's runs in numbers (API.md "Analytics").
+/// A template's runs in numbers (docs/statistics.md).
 #[derive(SimpleObject)]
 pub struct WorkflowTemplateStats {
     /// Runs that started in the period: finished ones plus `active`.

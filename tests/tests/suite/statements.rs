@@ -85,7 +85,7 @@ async fn nested_template_lists_use_a_constant_number_of_statements() {
     assert_eq!(m5, m50, "member: 5 -> {m5}, 50 -> {m50}");
     assert!(m50 <= 6, "member: {m50} statements");
 
-    // The page peerbench and `workflows bench` measure (creators and steps,
+    // The page `workflows bench` measures (creators and steps,
     // no drive): the page, which decides what the viewer may see from the
     // stored memberships and joins the creators, and its steps; once the
     // steps of those template versions were read, the page alone.
@@ -189,7 +189,7 @@ async fn a_page_leaves_out_only_the_step_columns_no_field_reads() {
     );
 }
 
-/// The execution detail of peerbench and `workflows bench`: every column of
+/// The execution detail `workflows bench` measures: every column of
 /// one execution, its template's name, and its step records.
 const EXECUTION_DETAIL: &str = "query($id: ID!) {
   workflowExecution(id: $id) {
