@@ -1,4 +1,4 @@
-//! API.md's permission table, in one place. Resolvers ask these questions;
+//! The permission table of docs/permissions.md, in one place. Resolvers ask these questions;
 //! nothing else decides who may see or change what.
 //!
 //! What a user may not see does not exist for them (`None` / left out /
@@ -161,7 +161,7 @@ impl Access {
         }
     }
 
-    /// Who may decide on a step under `rule` (API.md "Approvals"): a drive
+    /// Who may decide on a step under `rule` (docs/permissions.md, "Approvers"): a drive
     /// member of at least `minRole` (default MEMBER), or only the listed
     /// `userIds`; the user who started the run only with `allowStarter`.
     pub fn may_decide(&self, rule: &ApprovalRule, e: &workflow_execution::Model) -> bool {

@@ -1,5 +1,5 @@
 //! The demo a newcomer gets on an empty database without `JWT_SECRET`: a
-//! user, a drive and the design's "Code Review Workflow" (built-in `echo`
+//! user, a drive and the README's "Code Review Workflow" (built-in `echo`
 //! agents), so a workflow can be run and watched at once.
 
 use entity::drive;

@@ -1,5 +1,5 @@
 //! One error type for the edge: every failure a client can see maps to one of
-//! API.md's `extensions.code` values here, and nowhere else. Internal causes
+//! `extensions.code` values of docs/errors.md here, and nowhere else. Internal causes
 //! are logged with their whole chain, never sent to the client.
 
 use async_graphql::{ErrorExtensions, Pos, ServerError};

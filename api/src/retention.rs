@@ -1,4 +1,4 @@
-//! The retention sweep (API.md "Analytics and retention"): with
+//! The retention sweep (docs/statistics.md, "Retention"): with
 //! `RETENTION_DAYS` set, finished executions (COMPLETED, FAILED, CANCELLED)
 //! whose last change (`updatedAt`: for a finished run, when it finished) is
 //! older than that are deleted with their step records, in bounded batches.

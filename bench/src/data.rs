@@ -1,8 +1,9 @@
 //! The benchmark's fixed data set, written through the server's own database
-//! layer (sea-orm bulk inserts). It follows peerbench's `seed.sql` row for
-//! row — users, drives, memberships, templates × 5 steps, executions × 5
-//! step records with ~500-byte outputs — so the reads measured here are the
-//! reads peerbench compares; ids are derived from a key, so every load is the same.
+//! layer (sea-orm bulk inserts). It follows the data set of the peer
+//! comparison in BENCHMARKS.md row for row — users, drives, memberships,
+//! templates × 5 steps, executions × 5 step records with ~500-byte outputs —
+//! so the reads measured here are the reads that comparison makes; ids are
+//! derived from a key, so every load is the same.
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use entity::workflow_step as step;

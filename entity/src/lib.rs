@@ -1,4 +1,4 @@
-//! SeaORM entities: the tables of the workflows design and the drive tables
+//! SeaORM entities: the tables of docs/domain.md ("Database tables") and the drive tables
 //! its foreign keys need. No business logic lives here.
 
 pub mod drive;

@@ -1,5 +1,6 @@
-//! The design's two native PostgreSQL enums (plain text on SQLite) and the
-//! drive role, stored as checked text on both databases.
+//! The two native PostgreSQL enums of docs/domain.md, "Database tables"
+//! (plain text on SQLite), and the drive role, stored as checked text on
+//! both databases.
 
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,6 @@
-//! The design's four workflow tables, two enums, eight foreign keys and
-//! sixteen indexes, plus `users`, `drives` and `drive_members`.
+//! The four workflow tables, two enums, eight foreign keys and sixteen
+//! indexes of docs/domain.md ("Database tables"), plus `users`, `drives`
+//! and `drive_members`.
 //!
 //! Written as SQL per backend because the two differ where it matters:
 //! PostgreSQL gets native enums, `text[]` tags and JSONB; SQLite stores enums

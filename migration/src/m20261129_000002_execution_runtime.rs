@@ -1,4 +1,4 @@
-//! What the runner needs beyond the design's columns:
+//! What the runner needs beyond the first columns (docs/domain.md, "Database tables"):
 //! - `workflow_executions.sequence`: the number of the last event published
 //!   for the execution, so subscribers get gap-free sequences that survive
 //!   restarts;

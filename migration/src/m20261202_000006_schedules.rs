@@ -1,4 +1,4 @@
-//! Schedules (design #4): `workflow_schedules`, cron schedules that start
+//! Schedules (docs/schedules.md): `workflow_schedules`, cron schedules that start
 //! runs of a template as their creator, and on `workflow_executions` the
 //! schedule a run was started by (`scheduleId`, SET NULL) and the due time it
 //! was started for (`scheduledFor`).

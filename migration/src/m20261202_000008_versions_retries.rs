@@ -1,5 +1,5 @@
-//! Template versions and re-runs (API.md "Template versions", "Re-running
-//! from a step"):
+//! Template versions and re-runs (docs/domain.md, "Template versions";
+//! docs/runs.md, "Re-running from a step"):
 //! - `workflow_templates.version` (from 1) and `parentTemplateId` (the
 //!   template it was duplicated from; SET NULL);
 //! - `workflow_template_versions`: the whole template as each version left

@@ -1,5 +1,4 @@
-//! Template analytics and retention (API.md "Analytics (design #5) and
-//! retention"):
+//! Template analytics and retention (docs/statistics.md):
 //! - `workflow_template_stats`: roll-ups per template, UTC day (of the run's
 //!   start) and step (`stepOrder` -1 holds the run as a whole), added to in
 //!   the same write that finishes a run or a step, so they outlive the rows

@@ -1,4 +1,4 @@
-//! Parallel step groups and approvals (API.md "Parallel steps", "Approvals"):
+//! Parallel step groups and approvals (docs/runs.md, "Parallel groups", "Approvals"):
 //! - `workflow_steps.parallelGroup`: adjacent steps sharing it run together;
 //! - `workflow_steps.approval`: the rule of who must approve the step;
 //! - `workflow_execution_approvals`: each decision on a step of a run

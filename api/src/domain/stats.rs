@@ -1,4 +1,4 @@
-//! Template statistics (API.md "Analytics"): how durations are bucketed,
+//! Template statistics (docs/statistics.md): how durations are bucketed,
 //! how the roll-ups of `workflow_template_stats` are read back for a page of
 //! templates, and how percentiles come out of the buckets.
 //!

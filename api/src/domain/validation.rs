@@ -142,7 +142,7 @@ pub struct GroupedStep<'a> {
     pub approval: bool,
 }
 
-/// API.md "Parallel steps": a group's steps are adjacent, none of them waits
+/// docs/runs.md, "Parallel groups": a group's steps are adjacent, none of them waits
 /// for input or approval, and no prompt in a group names the output of a
 /// step in the same group (they run at the same time).
 pub fn parallel_groups(steps: &[GroupedStep<'_>]) -> ApiResult<()> {

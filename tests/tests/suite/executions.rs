@@ -13,7 +13,7 @@ pub const EXECUTION: &str = "query($id: ID!) { workflowExecution(id: $id) {
   steps { id stepOrder status agentInput agentOutput userInput startedAt completedAt errorMessage workflowStepId stepDefinition { id } }
 } }";
 
-/// The design's "Code Review Workflow", with outputs read through `.text`.
+/// The README's "Code Review Workflow", with outputs read through `.text`.
 pub fn code_review() -> Value {
     json!({
         "name": "Code Review Workflow",

@@ -3,6 +3,7 @@
 //! SQLite by default, PostgreSQL when `TEST_DATABASE_URL` is a postgres URL.
 
 mod auth;
+mod citations;
 mod direct;
 mod executions;
 mod fail_closed;

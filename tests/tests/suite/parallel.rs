@@ -1,4 +1,4 @@
-//! Parallel step groups and approvals (API.md "Parallel steps", "Approvals").
+//! Parallel step groups and approvals (docs/runs.md, "Parallel groups", "Approvals").
 
 use std::time::Duration;
 

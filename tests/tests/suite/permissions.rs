@@ -1,4 +1,4 @@
-//! API.md's permission table, for an outsider, a VIEWER, a MEMBER, an ADMIN,
+//! The permission table of docs/permissions.md, for an outsider, a VIEWER, a MEMBER, an ADMIN,
 //! the OWNER, and an approver named by a step's approval rule.
 
 use serde_json::{Value, json};
@@ -610,7 +610,7 @@ async fn execution_lists_are_empty_for_those_who_may_not_see_any() {
 }
 
 /// Runs are seen by their starter and ADMIN/OWNER, and by the approvers of a
-/// step they await or awaited (API.md "Approvals"); only those the rule names
+/// step they await or awaited (docs/permissions.md, "Approvers"); only those the rule names
 /// decide: the others who see the run get FORBIDDEN, the rest NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvers_see_the_runs_that_await_them_and_only_they_decide() {

@@ -1,4 +1,4 @@
-//! Schedules (design #4): cron schedules start one run per due time, as
+//! Schedules (docs/schedules.md): cron schedules start one run per due time, as
 //! their creator, with their context, however many instances are up; a due
 //! time missed while no instance ran starts one run on recovery; a creator
 //! who lost access gets `lastError` and no run.

@@ -1,6 +1,6 @@
-//! The database schema is the design's: enums, columns, the eight foreign
-//! keys with their CASCADE / SET NULL rules, and the sixteen indexes; and the
-//! rules act as the design says.
+//! The database schema is the one docs/domain.md ("Database tables")
+//! describes: enums, columns, the eight foreign keys with their CASCADE / SET
+//! NULL rules, and the sixteen indexes; and the rules act as it says.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,8 +61,8 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
     ),
 ];
 
-/// The foreign keys the roadmap's features add (API.md "Beyond the design's
-/// first version"), each with its rule and its index.
+/// The foreign keys the later features add (docs/domain.md, "Database
+/// tables"), each with its rule and its index.
 const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 8] = [
     (
         "workflow_execution_approvals",
@@ -260,7 +260,7 @@ async fn the_sixteen_design_indexes_exist() {
         .map(|r| (s(r, "name"), (s(r, "tbl"), s(r, "cols"))))
         .collect();
     let mut missing = Vec::new();
-    // Each roadmap foreign key is the first column of an index.
+    // Each later feature's foreign key is the first column of an index.
     for (table, col, _, _, name) in ROADMAP_FOREIGN_KEYS {
         match found.get(name) {
             Some((t, c)) => assert!(

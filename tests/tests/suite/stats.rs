@@ -1,8 +1,7 @@
-//! Template statistics and the retention sweep (API.md "Analytics (design
-//! #5) and retention"): exact counts and bucketed percentiles from known
-//! runs, tokens from an `openai` agent, the same numbers after the sweep
-//! deleted the runs, `since` on UTC day boundaries, and the sweep leaving
-//! RUNNING and PAUSED runs alone.
+//! Template statistics and the retention sweep (docs/statistics.md): exact
+//! counts and bucketed percentiles from known runs, tokens from an `openai`
+//! agent, the same numbers after the sweep deleted the runs, `since` on UTC
+//! day boundaries, and the sweep leaving RUNNING and PAUSED runs alone.
 
 use std::time::Duration;
 

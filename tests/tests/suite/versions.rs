@@ -1,5 +1,6 @@
 //! Template versions, duplicating templates, and re-running a failed run from
-//! a step (API.md "Template versions", "Re-running from a step").
+//! a step (docs/domain.md, "Template versions"; docs/runs.md, "Re-running
+//! from a step").
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The GraphQL object types. Each wraps an entity model; nested fields go
+//! The GraphQL object types (docs/domain.md). Each wraps an entity model; nested fields go
 //! through the request's DataLoaders. The types reference one another (a
 //! template's schedules, a schedule's template), so they live together
 //! here; their enums, pages, statistics and the plain-field table are the
@@ -101,7 +101,7 @@ plain_object! {
         /// Counts, durations and token use of this template's runs in the drive
         /// (whoever started them) that started on `since`'s UTC day or later
         /// (default: all). Kept as runs and steps finish, so they survive the
-        /// retention sweep; see the README for what each number means.
+        /// retention sweep; docs/statistics.md says what each number means.
         async fn stats(&self, ctx: &Context<'_>, since: Option<DateTime<Utc>>) -> Result<WorkflowTemplateStats> {
             let r = ctx.data_unchecked::<RequestCtx>();
             if !r.access().await?.can_see_template_stats(&self.0) {

@@ -2,7 +2,7 @@
 
 use async_graphql::SimpleObject;
 
-/// A template's runs in numbers (API.md "Analytics").
+/// A template's runs in numbers (docs/statistics.md).
 #[derive(SimpleObject)]
 pub struct WorkflowTemplateStats {
     /// Runs that started in the period: finished ones plus `active`.
