@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use workflows::app::Application;
 use workflows::auth::{JwtKeys, parse_ttl};
 use workflows::config::Config;
+use workflows::http::app::Application;
 
 // The server allocates a great deal per request (every field of every
 // response); mimalloc serves that about three times faster than glibc's

@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use workflows::app::Application;
 use workflows::config::Config;
+use workflows::http::app::Application;
 
 /// A port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {

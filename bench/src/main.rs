@@ -25,9 +25,9 @@ use entity::{ExecutionStatus, drive, workflow_execution as execution};
 use futures::{StreamExt, TryStreamExt};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
-use workflows::app::{AppState, Application};
 use workflows::auth::JwtKeys;
 use workflows::config::{Config, LogFormat};
+use workflows::http::app::{AppState, Application};
 
 use data::DataSize;
 use load::GqlRequest;
@@ -1041,7 +1041,7 @@ async fn growing_context(
             ms(mean(&gaps[..5])),
             ms(mean(&gaps[gaps.len() - 5..])),
             (2 * GROWING_BYTES) as f64 / 1000.0,
-            workflows::limits::json_bytes(&row.accumulated_context) as f64 / 1000.0,
+            workflows::core::limits::json_bytes(&row.accumulated_context) as f64 / 1000.0,
             ms(took)
         ),
         "close to flat",

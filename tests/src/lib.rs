@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use workflows::app::{AppState, Application};
 use workflows::config::Config;
+use workflows::http::app::{AppState, Application};
 
 pub const SECRET: &str = "test-secret-for-the-suite";
 

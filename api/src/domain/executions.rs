@@ -14,9 +14,8 @@ use sea_orm::{
 
 use super::pagination::{Cursor, Page};
 use super::{nested, steps, versions};
-use crate::access::ExecutionScope;
-use crate::engine::definition::StepDefinition;
-use crate::engine::runner::{Launch, Seed};
+use crate::core::definition::StepDefinition;
+use crate::domain::access::ExecutionScope;
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Debug, Clone, Default)]
@@ -333,7 +332,7 @@ pub fn retry(
     if !matches!(original.status, ExecutionStatus::Failed | ExecutionStatus::Cancelled) {
         return Err(ApiError::Conflict(format!(
             "only a FAILED or CANCELLED execution can be retried; this one is {}",
-            crate::engine::runner::status_name(original.status)
+            status_name(original.status)
         )));
     }
     let stopped_at = records
@@ -478,4 +477,45 @@ pub async fn pages_of_schedules(
         }
     }
     Ok(map)
+}
+
+/// A run about to be created (made here; the engine writes it).
+pub struct Launch {
+    pub template_id: String,
+    pub drive_id: String,
+    /// Who starts it: the run is theirs.
+    pub user_id: String,
+    /// The template version it executes.
+    pub version: i32,
+    /// The context it starts with (`initialContext`).
+    pub context: serde_json::Value,
+    pub retry_of: Option<String>,
+    /// The schedule and due time a scheduled run is started for.
+    pub schedule: Option<(String, chrono::NaiveDateTime)>,
+    /// Its step records, in `stepOrder`.
+    pub steps: Vec<Seed>,
+}
+
+/// One step record of a new run.
+pub enum Seed {
+    /// A step to run, as its template version defines it.
+    Run {
+        workflow_step_id: Option<String>,
+        step_order: i32,
+        definition: StepDefinition,
+    },
+    /// A step record of the run being retried, copied as it ended and never
+    /// run again.
+    Reused(exec_step::Model),
+}
+
+/// The API name of an execution status, for messages.
+pub fn status_name(s: ExecutionStatus) -> &'static str {
+    match s {
+        ExecutionStatus::Running => "RUNNING",
+        ExecutionStatus::Paused => "PAUSED",
+        ExecutionStatus::Completed => "COMPLETED",
+        ExecutionStatus::Failed => "FAILED",
+        ExecutionStatus::Cancelled => "CANCELLED",
+    }
 }

@@ -9,10 +9,10 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use super::cron::Schedule;
 use super::pagination::{Cursor, Page};
 use super::{new_id, now};
-use crate::access::TemplateScope;
+use crate::core::cron::Schedule;
+use crate::domain::access::TemplateScope;
 
 /// A validated schedule ready to be written.
 pub struct NewSchedule {

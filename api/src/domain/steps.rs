@@ -7,14 +7,15 @@ use chrono::NaiveDateTime;
 use entity::workflow_step as step;
 use sea_orm::sea_query::{CaseStatement, Expr, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    TransactionTrait,
 };
 use serde_json::Value;
 
+pub use super::step_rows::{JsonColumns, find, find_many, of_templates, of_templates_reading};
 use super::validation::{self, OrderedPrompt};
 use super::{new_id, now, versions};
-use crate::engine::definition::ApprovalRule;
+use crate::core::definition::ApprovalRule;
 use crate::error::{ApiError, ApiResult};
 
 /// A validated step ready to be written.
@@ -101,7 +102,7 @@ fn step_bytes(agent_id: &str, prompt: &str, json: [&Option<Value>; 3]) -> usize 
     let json: usize = json
         .iter()
         .filter_map(|v| v.as_ref())
-        .map(crate::limits::json_bytes)
+        .map(crate::core::limits::json_bytes)
         .sum();
     agent_id.len() + prompt.len() + json
 }
@@ -187,105 +188,6 @@ pub(super) async fn insert_all(
         .exec_without_returning(db)
         .await?;
     Ok(rows)
-}
-
-pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<step::Model>, DbErr> {
-    step::Entity::find_by_id(id.to_owned()).one(db).await
-}
-
-pub async fn find_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<step::Model>, DbErr> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    step::Entity::find()
-        .filter(step::Column::Id.is_in(ids.iter().cloned()))
-        .all(db)
-        .await
-}
-
-/// The steps of many templates, each template's in `stepOrder`.
-pub async fn of_templates(db: &impl ConnectionTrait, template_ids: &[String]) -> Result<Vec<step::Model>, DbErr> {
-    if template_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    step::Entity::find()
-        .filter(step::Column::WorkflowTemplateId.is_in(template_ids.iter().cloned()))
-        .order_by_asc(step::Column::WorkflowTemplateId)
-        .order_by_asc(step::Column::StepOrder)
-        .all(db)
-        .await
-}
-
-/// Which of a step's JSON columns a request may read; the others need not
-/// be fetched (PostgreSQL turns each stored `jsonb` into text to send it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JsonColumns {
-    pub input_schema: bool,
-    pub metadata: bool,
-    pub condition: bool,
-    pub approval: bool,
-}
-
-impl JsonColumns {
-    pub const ALL: Self = Self {
-        input_schema: true,
-        metadata: true,
-        condition: true,
-        approval: true,
-    };
-
-    /// Whether rows read with these columns hold everything `wanted` reads.
-    pub fn covers(&self, wanted: JsonColumns) -> bool {
-        (self.input_schema || !wanted.input_schema)
-            && (self.metadata || !wanted.metadata)
-            && (self.condition || !wanted.condition)
-            && (self.approval || !wanted.approval)
-    }
-
-    fn reads(&self, c: step::Column) -> bool {
-        match c {
-            step::Column::InputSchema => self.input_schema,
-            step::Column::Metadata => self.metadata,
-            step::Column::Condition => self.condition,
-            step::Column::Approval => self.approval,
-            _ => true,
-        }
-    }
-}
-
-/// `of_templates`, with the JSON columns `reading` leaves out read as NULL.
-/// Only for a request that reads none of them anywhere: the rows are not
-/// the stored ones.
-pub async fn of_templates_reading(
-    db: &impl ConnectionTrait,
-    template_ids: &[String],
-    reading: JsonColumns,
-) -> Result<Vec<step::Model>, DbErr> {
-    if reading == JsonColumns::ALL {
-        return of_templates(db, template_ids).await;
-    }
-    if template_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let null = match db.get_database_backend() {
-        DbBackend::Postgres => "NULL::jsonb",
-        _ => "NULL",
-    };
-    let mut query = step::Entity::find().select_only();
-    for c in step::Column::iter() {
-        query = if reading.reads(c) {
-            query.column(c)
-        } else {
-            query.column_as(Expr::cust(null), c.as_str())
-        };
-    }
-    query
-        .filter(step::Column::WorkflowTemplateId.is_in(template_ids.iter().cloned()))
-        .order_by_asc(step::Column::WorkflowTemplateId)
-        .order_by_asc(step::Column::StepOrder)
-        .into_model::<step::Model>()
-        .all(db)
-        .await
 }
 
 /// Starts a transaction holding the template's lock, its version bumped,

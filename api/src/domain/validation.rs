@@ -4,8 +4,7 @@
 
 use serde_json::Value;
 
-use crate::engine::agents::AgentRegistry;
-use crate::engine::{condition, prompt};
+use crate::core::{condition, prompt};
 use crate::error::{ApiError, ApiResult, ValidationProblem};
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -59,11 +58,14 @@ pub fn tags(field: &str, raw: Vec<String>) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
-pub fn agent_id(field: &str, id: &str, agents: &AgentRegistry) -> ApiResult<()> {
-    if agents.get(id).is_none() {
+/// `id` must be one of the `known` agent ids (the built-ins and the agents
+/// file's).
+pub fn agent_id<'a>(field: &str, id: &str, known: impl Iterator<Item = &'a str>) -> ApiResult<()> {
+    let known: Vec<&str> = known.collect();
+    if !known.contains(&id) {
         return Err(ApiError::bad_input(format!(
             "{field}: unknown agent '{id}' (known agents: {})",
-            agents.ids().collect::<Vec<_>>().join(", ")
+            known.join(", ")
         )));
     }
     Ok(())
@@ -97,7 +99,7 @@ pub fn metadata(field: &str, meta: &Value) -> ApiResult<()> {
     if !meta.is_object() {
         return Err(ApiError::bad_input(format!("{field}: must be a JSON object")));
     }
-    crate::engine::definition::Attempts::parse(Some(meta))
+    crate::core::definition::Attempts::parse(Some(meta))
         .map(|_| ())
         .map_err(|e| ApiError::bad_input(format!("{field}.{e}")))
 }

@@ -12,7 +12,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{new_id, now};
-use crate::engine::definition::{ApprovalRule, StepDefinition};
+use crate::core::definition::{ApprovalRule, StepDefinition};
 
 /// One step as a version stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub async fn store_current(
         .one(db)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("workflow template {template_id}")))?;
-    let steps = super::steps::of_templates(db, &[template_id.to_owned()]).await?;
+    let steps = super::step_rows::of_templates(db, &[template_id.to_owned()]).await?;
     store(db, &row, &steps, editor).await?;
     Ok(row)
 }
@@ -200,7 +200,7 @@ pub async fn restore(
         .and_where(template::Column::Id.eq(template_id))
         .to_owned();
     txn.execute(&fields).await?;
-    let current = super::steps::of_templates(&txn, &[template_id.to_owned()]).await?;
+    let current = super::step_rows::of_templates(&txn, &[template_id.to_owned()]).await?;
     let keep: std::collections::HashSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
     let gone: Vec<String> = current
         .iter()

@@ -2,11 +2,7 @@
 //! call; the scheduler that starts runs of schedules when they come due.
 
 pub mod agents;
-pub mod condition;
-pub mod definition;
-pub mod prompt;
 pub mod relay;
 pub mod rollup;
 pub mod runner;
-pub mod scheduler;
 pub mod state;

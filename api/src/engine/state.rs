@@ -89,7 +89,7 @@ impl RunState {
     pub fn context_bytes(&mut self) -> usize {
         *self
             .context_bytes
-            .get_or_insert_with(|| crate::limits::json_bytes(&self.exec.accumulated_context))
+            .get_or_insert_with(|| crate::core::limits::json_bytes(&self.exec.accumulated_context))
     }
 
     /// The rows after a change stored as event `sequence` at `at`; the step
@@ -113,7 +113,7 @@ impl RunState {
         if let Some((key, value)) = &p.context_add {
             self.context_bytes = self
                 .context_bytes
-                .map(|base| crate::limits::context_size_after(&e.accumulated_context, base, key, value));
+                .map(|base| crate::core::limits::context_size_after(&e.accumulated_context, base, key, value));
             if let Some(map) = e.accumulated_context.as_object_mut() {
                 map.insert(key.clone(), value.clone());
             }

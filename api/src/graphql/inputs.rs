@@ -1,15 +1,15 @@
 //! GraphQL input types, and their conversion into validated domain values.
 
-use crate::engine::definition::ApprovalRule;
+use crate::core::definition::ApprovalRule;
 use async_graphql::{ID, InputObject, Json, MaybeUndefined};
 use serde_json::Value;
 
 use super::types::ExecutionStatusGql;
+use crate::core::limits::DataLimits;
 use crate::domain::steps::{NewStep, StepChanges};
 use crate::domain::validation as v;
 use crate::engine::agents::AgentRegistry;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::DataLimits;
 
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
 pub const MAX_CATEGORY_CHARS: usize = 200;
@@ -155,7 +155,7 @@ fn maybe_json(v: MaybeUndefined<Json<Value>>) -> Option<Option<Value>> {
 impl WorkflowStepInput {
     /// Validates one step; `field` prefixes messages (e.g. `steps[2]` or `input`).
     pub fn validate(self, field: &str, agents: &AgentRegistry, limits: &DataLimits) -> ApiResult<NewStep> {
-        v::agent_id(&format!("{field}.agentId"), &self.agent_id, agents)?;
+        v::agent_id(&format!("{field}.agentId"), &self.agent_id, agents.ids())?;
         v::prompt_template(&format!("{field}.promptTemplate"), &self.prompt_template)?;
         limits.prompt(&format!("{field}.promptTemplate"), &self.prompt_template)?;
         let input_schema = some_json(self.input_schema);
@@ -189,7 +189,7 @@ impl WorkflowStepInput {
 impl UpdateWorkflowStepInput {
     pub fn validate(self, agents: &AgentRegistry, limits: &DataLimits) -> ApiResult<StepChanges> {
         if let Some(a) = &self.agent_id {
-            v::agent_id("input.agentId", a, agents)?;
+            v::agent_id("input.agentId", a, agents.ids())?;
         }
         if let Some(p) = &self.prompt_template {
             v::prompt_template("input.promptTemplate", p)?;

@@ -1,6 +1,8 @@
 //! The GraphQL schema: object types, resolvers (thin: check access, call the
 //! domain, map the result), DataLoaders, and the per-request context.
 
+pub mod admission;
+pub mod fanout;
 pub mod inputs;
 pub mod json;
 pub mod loaders;
@@ -19,13 +21,13 @@ use entity::DriveRole;
 use sea_orm::DatabaseConnection;
 use tokio::sync::OnceCell;
 
-use crate::access::Access;
 use crate::auth::Viewer;
 use crate::config::Limits;
+use crate::core::limits::DataLimits;
+use crate::domain::access::Access;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::Engine;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::DataLimits;
 use loaders::Loaders;
 
 pub type AppSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;

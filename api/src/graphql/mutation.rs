@@ -9,7 +9,7 @@ use entity::DriveRole;
 use super::inputs::*;
 use super::types::*;
 use super::{RequestCtx, SchemaData};
-use crate::domain::cron::Schedule;
+use crate::core::cron::Schedule;
 use crate::domain::schedules::{self, NewSchedule, ScheduleChanges};
 use crate::domain::steps::check_references;
 use crate::domain::templates::{NewTemplate, TemplateChanges};
@@ -27,7 +27,7 @@ fn agents<'a>(ctx: &'a Context<'_>) -> &'a crate::engine::agents::AgentRegistry 
     &ctx.data_unchecked::<SchemaData>().agents
 }
 
-fn limits<'a>(ctx: &'a Context<'_>) -> &'a crate::limits::DataLimits {
+fn limits<'a>(ctx: &'a Context<'_>) -> &'a crate::core::limits::DataLimits {
     &ctx.data_unchecked::<SchemaData>().limits
 }
 
@@ -559,7 +559,7 @@ async fn visible_execution(r: &RequestCtx, id: &str) -> ApiResult<entity::workfl
 async fn approvers_are_members(
     r: &RequestCtx,
     drive_id: &str,
-    approval: Option<&crate::engine::definition::ApprovalRule>,
+    approval: Option<&crate::core::definition::ApprovalRule>,
     field: &str,
 ) -> ApiResult<()> {
     let Some(ids) = approval.and_then(|rule| rule.user_ids.as_ref()) else {

@@ -15,7 +15,7 @@ use tracing::field::Empty;
 
 use super::AppSchema;
 use crate::error::Code;
-use crate::limits::{Admitted, QueryLimits};
+use crate::graphql::admission::{Admitted, QueryLimits};
 use crate::metrics::Metrics;
 
 /// The code of the first error, or `ok`.

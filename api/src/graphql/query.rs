@@ -79,7 +79,7 @@ impl Query {
         let with_rules: Vec<_> = candidates
             .into_iter()
             .filter_map(|(e, s)| {
-                let rule = crate::access::approval_rule(&s)?;
+                let rule = crate::domain::access::approval_rule(&s)?;
                 access.may_decide(&rule, &e).then_some((e, s, rule))
             })
             .collect();

@@ -442,7 +442,7 @@ async fn prompts_with_unbalanced_or_nested_braces_run_as_documented() {
     assert_eq!(run["status"], "COMPLETED", "{run}");
     let mut ctx = context.clone();
     for (i, p) in prompts.iter().enumerate() {
-        let expected = workflows::engine::prompt::render(p, &ctx, None).expect("renders");
+        let expected = workflows::core::prompt::render(p, &ctx, None).expect("renders");
         assert_eq!(run["steps"][i]["agentOutput"]["text"], expected, "prompt {p:?}");
         ctx[format!("step_{i}_output")] = json!({ "text": expected });
     }

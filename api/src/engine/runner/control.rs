@@ -224,7 +224,7 @@ impl Engine {
         id: &str,
         decision: Decision<'_>,
         eligible: impl FnOnce(
-            &crate::engine::definition::ApprovalRule,
+            &crate::core::definition::ApprovalRule,
             &execution::Model,
             &[exec_step::Model],
         ) -> ApiResult<()>,

@@ -36,15 +36,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::agents::{AgentError, AgentRegistry};
-use super::definition::StepDefinition;
 use super::relay::{self, Note, Relay};
 use super::rollup::Rollup;
 use super::state::{ExecPatch, RunState, StepPatch};
-use super::{condition, prompt};
+use crate::core::definition::StepDefinition;
+use crate::core::limits::DataLimits;
+use crate::core::{condition, prompt};
+pub(crate) use crate::domain::executions::status_name;
+pub use crate::domain::executions::{Launch, Seed};
 use crate::domain::{self, new_id, now, validation};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{EventBus, EventKind, ExecutionEvent};
-use crate::limits::DataLimits;
 
 mod cluster;
 mod control;
@@ -62,23 +64,6 @@ struct Live {
     runner: AtomicBool,
 }
 
-/// A run about to be created (see `domain::executions` for how one is made).
-pub struct Launch {
-    pub template_id: String,
-    pub drive_id: String,
-    /// Who starts it: the run is theirs.
-    pub user_id: String,
-    /// The template version it executes.
-    pub version: i32,
-    /// The context it starts with (`initialContext`).
-    pub context: Value,
-    pub retry_of: Option<String>,
-    /// The schedule and due time a scheduled run is started for.
-    pub schedule: Option<(String, NaiveDateTime)>,
-    /// Its step records, in `stepOrder`.
-    pub steps: Vec<Seed>,
-}
-
 /// A run's first rows, made by `Engine::prepare` and not yet written.
 pub struct NewRun {
     event: ExecutionEvent,
@@ -88,19 +73,6 @@ impl NewRun {
     pub fn execution(&self) -> &execution::Model {
         &self.event.execution
     }
-}
-
-/// One step record of a new run.
-pub enum Seed {
-    /// A step to run, as its template version defines it.
-    Run {
-        workflow_step_id: Option<String>,
-        step_order: i32,
-        definition: StepDefinition,
-    },
-    /// A step record of the run being retried, copied as it ended and never
-    /// run again.
-    Reused(exec_step::Model),
 }
 
 struct Change {
@@ -380,15 +352,5 @@ impl Engine {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not hand back leases"),
         }
-    }
-}
-
-pub(crate) fn status_name(s: ExecutionStatus) -> &'static str {
-    match s {
-        ExecutionStatus::Running => "RUNNING",
-        ExecutionStatus::Paused => "PAUSED",
-        ExecutionStatus::Completed => "COMPLETED",
-        ExecutionStatus::Failed => "FAILED",
-        ExecutionStatus::Cancelled => "CANCELLED",
     }
 }

@@ -18,8 +18,8 @@ pub struct WorkflowApprovalRule {
     pub allow_starter: bool,
 }
 
-impl From<crate::engine::definition::ApprovalRule> for WorkflowApprovalRule {
-    fn from(r: crate::engine::definition::ApprovalRule) -> Self {
+impl From<crate::core::definition::ApprovalRule> for WorkflowApprovalRule {
+    fn from(r: crate::core::definition::ApprovalRule) -> Self {
         Self {
             required: r.required as i32,
             min_role: r.min_role.map(Into::into),

@@ -260,7 +260,7 @@ plain_object! {
                     .0
                     .approval
                     .as_ref()
-                    .map(crate::engine::definition::ApprovalRule::parse);
+                    .map(crate::core::definition::ApprovalRule::parse);
                 match rule.transpose() {
                     Ok(rule) => Ok(rule.map(Into::into)),
                     Err(e) => {
@@ -439,7 +439,7 @@ plain_object! {
                 let Some(stored) = &self.0.definition else {
                     return Ok(None);
                 };
-                let def = crate::engine::definition::StepDefinition::read(stored)
+                let def = crate::core::definition::StepDefinition::read(stored)
                     .map_err(|why| ApiError::Internal(format!("step record {}: {why}", self.0.id)))?;
                 if let Some(rule) = &def.approval {
                     let approved = self.decisions(ctx).await?.iter().filter(|d| d.approve).count() as u32;
@@ -545,7 +545,7 @@ impl WorkflowSchedule {
         if !(0..=100).contains(&count) {
             return Err(ApiError::bad_input("count: must be between 0 and 100").into());
         }
-        let spec = crate::domain::cron::Schedule::parse("", &self.0.cron, &self.0.timezone)?;
+        let spec = crate::core::cron::Schedule::parse("", &self.0.cron, &self.0.timezone)?;
         Ok(spec
             .upcoming(crate::domain::now(), count as usize)
             .into_iter()

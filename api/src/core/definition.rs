@@ -74,7 +74,7 @@ impl From<&workflow_step::Model> for StepDefinition {
     fn from(s: &workflow_step::Model) -> Self {
         let approval = s.approval.as_ref().map(ApprovalRule::parse).transpose();
         let attempts = Attempts::parse(s.metadata.as_ref());
-        let condition = s.condition.as_ref().map(super::condition::check).transpose();
+        let condition = s.condition.as_ref().map(crate::core::condition::check).transpose();
         let unreadable = match (&approval, attempts, condition) {
             (Err(e), _, _) => Some(format!("approval rule cannot be read ({e})")),
             (_, Err(e), _) => Some(format!("metadata cannot be read ({e})")),

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// Where the assets are served; the next path segment is `ASSETS.version`.
 pub const ASSETS_PREFIX: &str = "/graphql/graphiql";
@@ -25,22 +25,22 @@ const FILES: &[(&str, &str, &[u8])] = &[
     (
         "graphiql.min.js",
         JS,
-        include_bytes!("../../assets/graphiql/graphiql.min.js"),
+        include_bytes!("../../../assets/graphiql/graphiql.min.js"),
     ),
     (
         "graphiql.min.css",
         CSS,
-        include_bytes!("../../assets/graphiql/graphiql.min.css"),
+        include_bytes!("../../../assets/graphiql/graphiql.min.css"),
     ),
     (
         "react.production.min.js",
         JS,
-        include_bytes!("../../assets/graphiql/react.production.min.js"),
+        include_bytes!("../../../assets/graphiql/react.production.min.js"),
     ),
     (
         "react-dom.production.min.js",
         JS,
-        include_bytes!("../../assets/graphiql/react-dom.production.min.js"),
+        include_bytes!("../../../assets/graphiql/react-dom.production.min.js"),
     ),
     ("start.js", JS, include_bytes!("start.js")),
     ("page.css", CSS, include_bytes!("page.css")),

@@ -25,8 +25,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::engine::runner::Engine;
 use crate::events::ExecutionEvent;
 use crate::graphql::AppSchema;
+use crate::graphql::admission::QueryLimits;
 use crate::graphql::subscription::{Render, Seen, resynced};
-use crate::limits::QueryLimits;
 
 /// One result for the client: a serialized GraphQL response.
 pub type Payload = Arc<str>;

@@ -6,11 +6,13 @@ use entity::drive;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use serde_json::json;
 
-use crate::app::DEMO_USER_ID;
 use crate::auth::Viewer;
 use crate::domain::steps::NewStep;
 use crate::domain::templates::{self, NewTemplate};
 use crate::domain::{drives, users};
+
+/// The demo user, whose token the server prints at start without `JWT_SECRET`.
+pub const DEMO_USER_ID: &str = "demo-user";
 
 pub async fn seed_if_empty(db: &DatabaseConnection) -> anyhow::Result<()> {
     if drive::Entity::find().count(db).await? > 0 {

@@ -11,7 +11,7 @@ use entity::{
     DriveRole, StepStatus, workflow_execution, workflow_execution_step, workflow_schedule, workflow_template,
 };
 
-use crate::engine::definition::{ApprovalRule, StepDefinition};
+use crate::core::definition::{ApprovalRule, StepDefinition};
 
 use crate::error::{ApiError, ApiResult};
 

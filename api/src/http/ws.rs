@@ -17,9 +17,8 @@
 //! | 4429 | a second `connection_init`, or too many connections of one user |
 //! | 1001 | the server is shutting down |
 
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::Data;
@@ -31,47 +30,9 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
-use crate::app::{AppState, token_from_init};
+use super::state::{AppState, ConnectionSlot};
 use crate::error::Code;
-use crate::fanout::{self, Payload};
-
-/// Open connections per user, across the process.
-#[derive(Default)]
-pub struct ConnectionCounts(Mutex<HashMap<String, usize>>);
-
-/// Holds one of a user's connection slots until dropped.
-pub struct ConnectionSlot {
-    counts: Arc<ConnectionCounts>,
-    user: String,
-}
-
-impl ConnectionCounts {
-    /// A slot for `user`, unless they already hold `max` connections.
-    pub fn acquire(self: &Arc<Self>, user: &str, max: usize) -> Option<ConnectionSlot> {
-        let mut map = self.0.lock().expect("connection counts lock");
-        let n = map.entry(user.to_owned()).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionSlot {
-            counts: self.clone(),
-            user: user.to_owned(),
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().expect("connection counts lock");
-        if let Some(n) = map.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.user);
-            }
-        }
-    }
-}
+use crate::graphql::fanout::{self, Payload};
 
 /// The subprotocol the client asked for, as `GraphQLProtocol` reads it.
 pub fn protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
@@ -421,4 +382,20 @@ async fn send_all(
         sink.feed(m).await?;
     }
     sink.flush().await
+}
+
+/// Reads the token from a `connection_init` payload:
+/// `{"Authorization": "Bearer …"}`, `authorization`, or `token` (bare JWT).
+fn token_from_init(payload: &serde_json::Value) -> Option<String> {
+    let header = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(|v| v.as_str());
+    if let Some(h) = header {
+        return Some(h.to_owned());
+    }
+    payload
+        .get("token")
+        .and_then(|v| v.as_str())
+        .map(|t| format!("Bearer {t}"))
 }

@@ -57,7 +57,7 @@ impl Schedule {
             cron: parsed,
             tz,
         };
-        if schedule.next_after(crate::domain::now()).is_none() {
+        if schedule.next_after(chrono::Utc::now().naive_utc()).is_none() {
             return Err(ApiError::bad_input(format!(
                 "{field_prefix}cron: '{}' never comes due",
                 printable(expr)

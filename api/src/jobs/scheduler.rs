@@ -17,11 +17,11 @@ use std::time::Duration;
 use entity::workflow_schedule as schedule;
 use sea_orm::{DbErr, TransactionTrait};
 
-use super::runner::{Engine, Launch};
-use crate::access::Access;
-use crate::domain::cron::Schedule;
+use crate::core::cron::Schedule;
+use crate::domain::access::Access;
 use crate::domain::schedules::{self, Fire};
 use crate::domain::{executions, now, templates, users};
+use crate::engine::runner::{Engine, Launch};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 

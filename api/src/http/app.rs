@@ -18,95 +18,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use sea_orm::DatabaseConnection;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::access::Access;
-use crate::auth::{JwtKeys, Viewer};
-use crate::config::{Config, Limits};
-use crate::db::{self, StatementCounter};
-use crate::domain::users;
+pub use super::state::AppState;
+use super::{graphiql, ws};
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::core::limits::DataLimits;
+use crate::db::{self};
+use crate::domain::demo::DEMO_USER_ID;
 use crate::engine::agents::AgentRegistry;
 use crate::engine::runner::{Engine, EngineSettings};
-use crate::engine::scheduler::Scheduler;
 use crate::error::{ApiError, Code};
 use crate::events::EventBus;
-use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
-use crate::limits::{DataLimits, QueryLimits};
+use crate::graphql::admission::QueryLimits;
+use crate::graphql::fanout;
+use crate::graphql::{self, SchemaData};
+use crate::jobs::retention::Retention;
+use crate::jobs::scheduler::Scheduler;
 use crate::metrics::Metrics;
-use crate::retention::Retention;
-use crate::{fanout, graphiql, ws};
-
-pub const DEMO_USER_ID: &str = "demo-user";
-
-/// Everything a request handler needs, shared by all of them.
-pub struct AppState {
-    pub db: DatabaseConnection,
-    pub statements: Arc<StatementCounter>,
-    pub keys: JwtKeys,
-    pub schema: AppSchema,
-    pub agents: Arc<AgentRegistry>,
-    pub engine: Arc<Engine>,
-    /// Fires due schedules (its background loop runs unless SCHEDULE_POLL_MS is 0).
-    pub scheduler: Arc<Scheduler>,
-    /// Cancelled when the server shuts down: WebSocket connections close.
-    pub closing: tokio_util::sync::CancellationToken,
-    /// Set when no `JWT_SECRET` was given: a token for the demo user,
-    /// prefilled in GraphiQL.
-    pub demo_token: Option<String>,
-    pub limits: Limits,
-    /// The operation limits every request is checked against before it runs.
-    pub query_limits: QueryLimits,
-    pub metrics: Arc<Metrics>,
-    /// Deletes finished executions past `RETENTION_DAYS` (`sweep_now` runs one sweep).
-    pub retention: Arc<Retention>,
-    /// Browser origins allowed by CORS (none: no CORS headers).
-    pub cors_origins: Vec<String>,
-    /// WebSocket connections per user.
-    pub ws_connections: Arc<ws::ConnectionCounts>,
-    /// Subscriptions that share one rendering per event.
-    pub fanout: Arc<fanout::Hub>,
-    /// Claims last written to `users`, so a request whose token says nothing
-    /// new skips the upsert.
-    known_users: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
-}
-
-impl AppState {
-    /// Creates or updates the viewer's `users` row unless it is known to be current.
-    pub async fn remember_user(&self, viewer: &Viewer) -> Result<(), ApiError> {
-        let claims = (viewer.name.clone(), viewer.email.clone());
-        let known = self.known_users.lock().expect("lock").get(&viewer.id) == Some(&claims);
-        if !known {
-            users::upsert(&self.db, viewer).await?;
-            let mut cache = self.known_users.lock().expect("lock");
-            if cache.len() > 100_000 {
-                cache.clear();
-            }
-            cache.insert(viewer.id.clone(), claims);
-        }
-        Ok(())
-    }
-
-    /// The request context of an authenticated viewer; `cache_rows` for one
-    /// HTTP request (its memberships are read when a resolver first needs
-    /// them), not for a long-lived WebSocket connection (read now: they
-    /// name the connection's viewer for the subscriptions it shares).
-    pub async fn request_ctx(&self, viewer: Viewer, cache_rows: bool) -> Result<RequestCtx, ApiError> {
-        self.remember_user(&viewer).await?;
-        let access = if cache_rows {
-            None
-        } else {
-            Some(Access::new(
-                viewer.id.clone(),
-                users::memberships(&self.db, &viewer.id).await?,
-            ))
-        };
-        Ok(RequestCtx::new(&self.db, viewer, access, cache_rows))
-    }
-}
 
 pub struct Application {
     pub addr: SocketAddr,
@@ -137,7 +70,7 @@ impl Application {
             }
         };
         if demo_token.is_some() {
-            crate::demo::seed_if_empty(&db).await?;
+            crate::domain::demo::seed_if_empty(&db).await?;
         }
         let bus = EventBus::new(config.event_buffer.max(1));
         let settings = EngineSettings {
@@ -515,22 +448,6 @@ async fn read_body(body: Body, max: usize) -> Option<axum::body::Bytes> {
         kept.extend_from_slice(&chunk);
     }
     Some(kept.into())
-}
-
-/// Reads the token from a `connection_init` payload:
-/// `{"Authorization": "Bearer …"}`, `authorization`, or `token` (bare JWT).
-pub(crate) fn token_from_init(payload: &serde_json::Value) -> Option<String> {
-    let header = payload
-        .get("Authorization")
-        .or_else(|| payload.get("authorization"))
-        .and_then(|v| v.as_str());
-    if let Some(h) = header {
-        return Some(h.to_owned());
-    }
-    payload
-        .get("token")
-        .and_then(|v| v.as_str())
-        .map(|t| format!("Bearer {t}"))
 }
 
 /// Subscriptions over WebSocket, both `graphql-transport-ws` and the legacy
