@@ -32,8 +32,9 @@ use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
 use crate::app::{AppState, token_from_init};
-use crate::error::Code;
+use crate::error::{ApiError, Code};
 use crate::fanout::{self, Payload};
+use crate::graphql::subscription::Abort;
 
 /// Open connections per user, across the process.
 #[derive(Default)]
@@ -120,6 +121,8 @@ enum Out {
     Payload(Payload),
     /// The stream ended: the client gets `complete`.
     Done,
+    /// The stream could not go on: the client gets an `error` message.
+    Failed(ApiError),
 }
 
 /// The authenticated side of a connection, once `connection_init` passed.
@@ -257,7 +260,10 @@ impl Conn {
     /// with the error), shared with its group, or on its own.
     fn start(&self, session: &Session, mut request: async_graphql::Request) -> BoxStream<'static, Out> {
         let state = &self.state;
-        let done = futures::stream::once(std::future::ready(Out::Done));
+        // How the stream ended, read once it has.
+        let abort = Abort::default();
+        let ended = abort.clone();
+        let done = futures::stream::once(async move { ended.take().map_or(Out::Done, Out::Failed) });
         if let Err(e) = state.query_limits.admit(&mut request) {
             let resp = async_graphql::Response::from_errors(vec![e]);
             return futures::stream::once(std::future::ready(Out::Payload(fanout::payload(&resp))))
@@ -277,7 +283,7 @@ impl Conn {
             };
             return state
                 .fanout
-                .subscribe(&session.viewer_key, session.data.clone(), doc, execution_id)
+                .subscribe(&session.viewer_key, session.data.clone(), doc, execution_id, abort)
                 .map(Out::Payload)
                 .chain(done)
                 .boxed();
@@ -285,7 +291,7 @@ impl Conn {
         let limits = state.query_limits;
         state
             .schema
-            .execute_stream_with_session_data(request, session.data.clone())
+            .execute_stream_with_session_data(request.data(abort), session.data.clone())
             .map(move |mut resp| {
                 limits.code_errors(&mut resp.errors, None);
                 Out::Payload(fanout::payload(&resp))
@@ -317,6 +323,11 @@ impl Conn {
                 self.subs.remove(id);
                 self.state.metrics.subscriptions_closed(1);
                 Message::Text(format!(r#"{{"type":"complete","id":{id_json}}}"#).into())
+            }
+            Out::Failed(e) => {
+                self.subs.remove(id);
+                self.state.metrics.subscriptions_closed(1);
+                subscription_error(self.protocol, id, &e.message(), e.code())
             }
         }
     }
