@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, env = "EVENT_BUFFER", default_value_t = 1024)]
     pub event_buffer: usize,
 
+    /// Seconds a live subscription that needs a fresh SNAPSHOT (it fell
+    /// behind, or events from other instances may have been missed) keeps
+    /// retrying while the database fails, as when PostgreSQL restarts; after
+    /// that it ends with an error that tells the client to resubscribe.
+    #[arg(long, env = "SUBSCRIPTION_RETRY_SECONDS", default_value_t = 60)]
+    pub subscription_retry_seconds: u64,
+
     /// Days a finished execution (COMPLETED, FAILED, CANCELLED) is kept
     /// after it finished; `0` keeps everything. Template statistics stay.
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 0)]
@@ -253,6 +260,7 @@ impl Config {
             shutdown_grace_seconds: 10,
             schedule_poll_ms: 1000,
             event_buffer: 1024,
+            subscription_retry_seconds: 60,
             retention_days: 0,
             retention_sweep_seconds: 3600,
             limits: Limits::default(),

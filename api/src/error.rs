@@ -170,6 +170,12 @@ pub enum ApiError {
     Conflict(String),
     Database(sea_orm::DbErr),
     Internal(String),
+    /// The server cannot go on with this request now (its database stayed
+    /// away): INTERNAL_SERVER_ERROR, coded on purpose, with a message saying
+    /// what to do rather than the generic one. Sent as it is where the
+    /// transport ends a subscription with it (`ws`); `code_errors` gives it
+    /// the generic message in a response, like any internal error.
+    Unavailable(String),
 }
 
 impl From<sea_orm::DbErr> for ApiError {
@@ -195,7 +201,11 @@ impl ApiError {
     /// The message a client sees (internal causes are not shown).
     pub fn message(&self) -> String {
         match self {
-            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::NotFound(m) | Self::Conflict(m) => m.clone(),
+            Self::Unauthenticated(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::Conflict(m)
+            | Self::Unavailable(m) => m.clone(),
             Self::BadUserInput { message, .. } => message.clone(),
             Self::Database(_) | Self::Internal(_) => INTERNAL_MESSAGE.into(),
         }
@@ -208,7 +218,7 @@ impl ApiError {
             Self::NotFound(_) => Code::NotFound,
             Self::BadUserInput { .. } => Code::BadUserInput,
             Self::Conflict(_) => Code::Conflict,
-            Self::Database(_) | Self::Internal(_) => Code::InternalServerError,
+            Self::Database(_) | Self::Internal(_) | Self::Unavailable(_) => Code::InternalServerError,
         }
     }
 }

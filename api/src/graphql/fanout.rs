@@ -9,7 +9,10 @@
 //! Each member still subscribes on its own terms: it runs its own SNAPSHOT
 //! (through the resolver, with its own access check), and follows the group
 //! from that sequence on. A member that falls behind, or sees a gap, reads a
-//! fresh SNAPSHOT of its own, exactly as a lone subscriber would.
+//! fresh SNAPSHOT of its own, exactly as a lone subscriber would. A resync
+//! read that keeps failing (the database away for longer than
+//! `SUBSCRIPTION_RETRY_SECONDS`) ends the group, and each member with it,
+//! through its `Abort`: an error, never a quiet stop mid-run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +29,7 @@ use crate::engine::runner::Engine;
 use crate::events::ExecutionEvent;
 use crate::graphql::AppSchema;
 use crate::graphql::admission::QueryLimits;
-use crate::graphql::subscription::{Render, Seen, resynced};
+use crate::graphql::subscription::{Abort, Render, Seen, database_lost, resynced};
 
 /// One result for the client: a serialized GraphQL response.
 pub type Payload = Arc<str>;
@@ -47,8 +50,10 @@ struct Frame {
     /// A SNAPSHOT: it may follow any earlier sequence.
     snapshot: bool,
     terminal: bool,
-    /// `None`: the group stopped (shutdown, a failed read); members end.
+    /// `None`: the group stopped; members end (with an error when `failed`).
     payload: Option<Payload>,
+    /// The group could not read the SNAPSHOT it needed to go on.
+    failed: bool,
 }
 
 /// A subscription document, as every render of it needs it.
@@ -183,13 +188,15 @@ impl Hub {
     }
 
     /// Joins (or starts) the group for `viewer_key` + `doc`, following
-    /// `execution_id`: the member's payloads, its own SNAPSHOT first.
+    /// `execution_id`: the member's payloads, its own SNAPSHOT first. A
+    /// member that cannot go on sets `abort` and ends.
     pub fn subscribe(
         self: &Arc<Self>,
         viewer_key: &str,
         session: Arc<Data>,
         doc: Document,
         execution_id: String,
+        abort: Abort,
     ) -> BoxStream<'static, Payload> {
         let key = group_key(viewer_key, &doc);
         let (group, rx) = self.join(key, session.clone(), doc, execution_id);
@@ -210,7 +217,12 @@ impl Hub {
             loop {
                 let behind = match rx.recv().await {
                     Ok(frame) => {
-                        let Some(payload) = &frame.payload else { return };
+                        let Some(payload) = &frame.payload else {
+                            if frame.failed {
+                                abort.set(database_lost(&format!("execution {}", group.execution_id)));
+                            }
+                            return;
+                        };
                         if frame.sequence <= last {
                             continue;
                         }
@@ -228,23 +240,27 @@ impl Hub {
                     Err(RecvError::Closed) => return,
                 };
                 if behind {
-                    let (payload, seen) = Box::pin(renderer.snapshot(&session, &group.doc)).await;
-                    let Some(seen) = seen else {
-                        if let Some(p) = payload {
-                            yield p;
+                    // The member's own SNAPSHOT, as a lone subscriber reads
+                    // it; its access was checked when it subscribed.
+                    let snap = Box::pin(renderer.engine.snapshot_when_back(&group.execution_id, "a subscriber")).await;
+                    let snap = match snap {
+                        Ok(Some(snap)) => snap,
+                        Ok(None) => return,
+                        Err(_) => {
+                            abort.set(database_lost(&format!("execution {}", group.execution_id)));
+                            return;
                         }
-                        return;
                     };
+                    let terminal = snap.execution.status.is_terminal();
                     // Lagging again before anything new happened: this
                     // member already has that state.
-                    if seen.sequence <= last && !seen.terminal {
+                    if snap.sequence <= last && !terminal {
                         continue;
                     }
-                    last = seen.sequence;
-                    if let Some(p) = payload {
-                        yield p;
-                    }
-                    if seen.terminal {
+                    last = snap.sequence;
+                    let payload = Box::pin(renderer.render(&session, &group.doc, Render::Event(Arc::new(snap)))).await;
+                    yield payload.unwrap_or_else(|| Arc::from(r#"{"data":null}"#));
+                    if terminal {
                         return;
                     }
                 }
@@ -314,41 +330,51 @@ impl Follow {
 }
 
 /// The group's task: renders each event of its execution once and sends it
-/// to every member, until the run finishes or the last member leaves.
+/// to every member, until the run finishes or the last member leaves. It
+/// holds its group only while it sends, so a group whose members all left
+/// while its SNAPSHOT was being retried goes at once.
 async fn run(group: Weak<Group>, renderer: Renderer, session: Arc<Data>, mut follow: Follow) {
+    let Some(execution_id) = group.upgrade().map(|g| g.execution_id.clone()) else {
+        return;
+    };
     let mut last: Option<i64> = None;
     loop {
         let event = tokio::select! {
             r = follow.rx.recv() => Some(r),
             _ = resynced(&mut follow.resyncs) => None,
         };
-        let Some(g) = group.upgrade() else { return };
         let (event, snapshot) = match event {
-            Some(Ok(ev)) if ev.execution.id != g.execution_id => continue,
+            Some(Ok(ev)) if ev.execution.id != execution_id => continue,
             Some(Ok(ev)) if last.is_some_and(|l| ev.sequence <= l) => continue,
             Some(Ok(ev)) if last.is_none_or(|l| ev.sequence == l + 1) => (ev, false),
             Some(Err(RecvError::Closed)) => {
-                stop(&g);
+                stop(&group, false);
                 return;
             }
             // A gap, a lag, or the relay's word that events may be lost:
             // one SNAPSHOT for the whole group.
-            _ => match Box::pin(renderer.engine.snapshot(&g.execution_id)).await {
+            _ => match Box::pin(
+                renderer
+                    .engine
+                    .snapshot_when_back(&execution_id, "a subscription group"),
+            )
+            .await
+            {
                 Ok(Some(snap)) if last.is_some_and(|l| snap.sequence <= l) && !snap.execution.status.is_terminal() => {
                     continue;
                 }
                 Ok(Some(snap)) => (Arc::new(snap), true),
                 Ok(None) => {
-                    stop(&g);
+                    stop(&group, false);
                     return;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "snapshot for a subscription group failed");
-                    stop(&g);
+                Err(_) => {
+                    stop(&group, true);
                     return;
                 }
             },
         };
+        let Some(g) = group.upgrade() else { return };
         let terminal = if snapshot {
             event.execution.status.is_terminal()
         } else {
@@ -365,6 +391,7 @@ async fn run(group: Weak<Group>, renderer: Renderer, session: Arc<Data>, mut fol
             snapshot,
             terminal,
             payload: Some(payload.unwrap_or_else(|| Arc::from(r#"{"data":null}"#))),
+            failed: false,
         }));
         if terminal {
             return;
@@ -372,13 +399,15 @@ async fn run(group: Weak<Group>, renderer: Renderer, session: Arc<Data>, mut fol
     }
 }
 
-/// Tells every member that the group stopped.
-fn stop(g: &Group) {
+/// Tells every member that the group stopped (`failed`: it could not go on).
+fn stop(group: &Weak<Group>, failed: bool) {
+    let Some(g) = group.upgrade() else { return };
     g.ended.store(true, Ordering::Release);
     let _ = g.tx.send(Arc::new(Frame {
         sequence: i64::MAX,
         snapshot: false,
         terminal: true,
         payload: None,
+        failed,
     }));
 }

@@ -68,7 +68,7 @@ impl WorkflowExecutionEvent {
     }
 }
 
-/// How `workflowExecutionEvents` runs when `crate::fanout` renders it for a
+/// How `workflowExecutionEvents` runs when `graphql::fanout` renders it for a
 /// group of subscribers with the same document, viewer and variables,
 /// instead of streaming by itself. Put into the request's data.
 pub enum Render {
@@ -88,6 +88,34 @@ pub struct Seen {
     pub terminal: bool,
 }
 
+/// How a live stream ends when it cannot go on before its run is over (its
+/// resync SNAPSHOT could not be read within `SUBSCRIPTION_RETRY_SECONDS`):
+/// the transport, which puts one into each subscription's request data,
+/// ends the subscription with this error instead of `complete`, so a client
+/// never takes a stream cut short for a finished run. Without one the
+/// stream yields the error as its last result.
+#[derive(Clone, Default)]
+pub struct Abort(Arc<std::sync::Mutex<Option<ApiError>>>);
+
+impl Abort {
+    pub fn set(&self, error: ApiError) {
+        *self.0.lock().expect("abort lock") = Some(error);
+    }
+
+    /// The error the stream ended with, if it did not simply finish.
+    pub fn take(&self) -> Option<ApiError> {
+        self.0.lock().expect("abort lock").take()
+    }
+}
+
+/// Why a stream following `what` ends early: the database stayed away.
+pub fn database_lost(what: &str) -> ApiError {
+    ApiError::Unavailable(format!(
+        "the server lost its database while following {what} and could not catch up; \
+         resubscribe to get the current state"
+    ))
+}
+
 pub struct Subscription;
 
 #[Subscription]
@@ -98,14 +126,14 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         execution_id: ID,
-    ) -> Result<BoxStream<'static, WorkflowExecutionEvent>> {
+    ) -> Result<BoxStream<'static, Result<WorkflowExecutionEvent>>> {
         let r = ctx.data_unchecked::<RequestCtx>();
         let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
         let id = execution_id.0;
         // Rendering one event for a group of subscribers that each passed
-        // the checks below when they subscribed (`crate::fanout`).
+        // the checks below when they subscribed (`graphql::fanout`).
         if let Some(Render::Event(ev)) = ctx.data_opt::<Render>() {
-            return Ok(futures::stream::once(std::future::ready(WorkflowExecutionEvent(ev.clone()))).boxed());
+            return Ok(futures::stream::once(std::future::ready(Ok(WorkflowExecutionEvent(ev.clone())))).boxed());
         }
         let exec = domain::executions::find(&r.db, &id).await.map_err(ApiError::from)?;
         let visible = match &exec {
@@ -125,8 +153,9 @@ impl Subscription {
                 sequence: snap.sequence,
                 terminal: snap.execution.status.is_terminal(),
             });
-            return Ok(futures::stream::once(std::future::ready(WorkflowExecutionEvent(Arc::new(snap)))).boxed());
+            return Ok(futures::stream::once(std::future::ready(Ok(WorkflowExecutionEvent(Arc::new(snap))))).boxed());
         }
+        let abort = ctx.data_opt::<Abort>().cloned();
         // Follow events from other instances, and subscribe, before reading
         // the snapshot so no change falls between.
         let watch = engine.relay().map(|r| r.watch_execution(&id));
@@ -140,7 +169,7 @@ impl Subscription {
             let Some(first) = first else { return };
             let mut last = first.sequence;
             let done = first.execution.status.is_terminal();
-            yield WorkflowExecutionEvent(Arc::new(first));
+            yield Ok(WorkflowExecutionEvent(Arc::new(first)));
             if done {
                 return;
             }
@@ -149,39 +178,25 @@ impl Subscription {
                     r = rx.recv() => Some(r),
                     _ = resynced(&mut resyncs) => None,
                 };
-                let Some(received) = received else {
-                    // Events from other instances may have been missed.
-                    match Box::pin(engine.snapshot(&id)).await {
-                        Ok(Some(snap)) => {
-                            last = snap.sequence;
-                            let done = snap.execution.status.is_terminal();
-                            yield WorkflowExecutionEvent(Arc::new(snap));
-                            if done {
-                                return;
-                            }
-                        }
-                        _ => return,
-                    }
-                    continue;
-                };
                 let resync = match received {
-                    Ok(ev) if ev.execution.id != id => continue,
-                    Ok(ev) if ev.sequence <= last => continue,
-                    Ok(ev) if ev.sequence == last + 1 => {
+                    Some(Ok(ev)) if ev.execution.id != id => continue,
+                    Some(Ok(ev)) if ev.sequence <= last => continue,
+                    Some(Ok(ev)) if ev.sequence == last + 1 => {
                         last = ev.sequence;
                         let done = ev.is_terminal();
-                        yield WorkflowExecutionEvent(ev);
+                        yield Ok(WorkflowExecutionEvent(ev));
                         if done {
                             return;
                         }
                         false
                     }
-                    Ok(_) => true,
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => return,
+                    Some(Err(RecvError::Closed)) => return,
+                    // A gap, a lag, or the relay's word that events from
+                    // other instances may have been missed.
+                    _ => true,
                 };
                 if resync {
-                    match Box::pin(engine.snapshot(&id)).await {
+                    match Box::pin(engine.snapshot_when_back(&id, "a subscriber")).await {
                         // Lagging again before anything new happened: the
                         // subscriber already has this state, so a second
                         // SNAPSHOT with the same sequence is not sent.
@@ -189,14 +204,18 @@ impl Subscription {
                         Ok(Some(snap)) => {
                             last = snap.sequence;
                             let done = snap.execution.status.is_terminal();
-                            yield WorkflowExecutionEvent(Arc::new(snap));
+                            yield Ok(WorkflowExecutionEvent(Arc::new(snap)));
                             if done {
                                 return;
                             }
                         }
                         Ok(None) => return,
-                        Err(e) => {
-                            tracing::error!(error = %e, "snapshot for a lagging subscriber failed");
+                        Err(_) => {
+                            let error = database_lost(&format!("execution {id}"));
+                            match &abort {
+                                Some(abort) => abort.set(error),
+                                None => yield Err(async_graphql::Error::from(error)),
+                            }
                             return;
                         }
                     }
@@ -211,51 +230,83 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         drive_id: ID,
-    ) -> Result<impl Stream<Item = WorkflowExecutionEvent> + use<>> {
+    ) -> Result<impl Stream<Item = Result<WorkflowExecutionEvent>> + use<>> {
         let r = ctx.data_unchecked::<RequestCtx>();
         let engine = ctx.data_unchecked::<SchemaData>().engine.clone();
         if !r.access().await?.can_see_drive(&drive_id) {
             return Err(ApiError::not_found("drive", &drive_id).into());
         }
         let access = r.access().await?.snapshot();
+        let abort = ctx.data_opt::<Abort>().cloned();
         let drive = drive_id.0;
         let watch = engine.relay().map(|r| r.watch_drive(&drive));
+        let mut resyncs = engine.relay().map(|r| r.resyncs());
         let mut rx = engine.bus().subscribe();
         Ok(async_stream::stream! {
             let _watch = watch;
             // Last sequence forwarded per execution, to send nothing twice.
             let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
             loop {
-                match rx.recv().await {
-                    Ok(ev) => {
+                let received = tokio::select! {
+                    r = rx.recv() => Some(r),
+                    _ = resynced(&mut resyncs) => None,
+                };
+                // What to read a fresh SNAPSHOT of: an execution whose next
+                // event went missing, or, when this stream fell behind or
+                // events from other instances may have been missed, each
+                // execution it was following.
+                let ids: Vec<String> = match received {
+                    Some(Ok(ev)) => {
                         if ev.execution.drive_id != drive || !access.can_see_execution(&ev.execution) {
                             continue;
                         }
-                        let last = seen.entry(ev.execution.id.clone()).or_insert(0);
-                        if ev.sequence <= *last {
+                        let last = seen.get(&ev.execution.id).copied().unwrap_or(0);
+                        if ev.sequence <= last {
                             continue;
                         }
-                        *last = ev.sequence;
-                        if ev.is_terminal() {
-                            seen.remove(&ev.execution.id);
-                        }
-                        yield WorkflowExecutionEvent(ev);
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        // Fell behind: a fresh SNAPSHOT of each execution this
-                        // stream was following replaces what was missed.
-                        let ids: Vec<String> = seen.keys().cloned().collect();
-                        for id in ids {
-                            if let Ok(Some(snap)) = Box::pin(engine.snapshot(&id)).await {
-                                seen.insert(id.clone(), snap.sequence);
-                                if snap.execution.status.is_terminal() {
-                                    seen.remove(&id);
-                                }
-                                yield WorkflowExecutionEvent(Arc::new(snap));
+                        // The first event of an execution may be any: the
+                        // stream started following it then. A SNAPSHOT
+                        // stands for what came before it.
+                        if last == 0 || ev.sequence == last + 1 || ev.kind == EventKind::Snapshot {
+                            if ev.is_terminal() {
+                                seen.remove(&ev.execution.id);
+                            } else {
+                                seen.insert(ev.execution.id.clone(), ev.sequence);
                             }
+                            yield Ok(WorkflowExecutionEvent(ev));
+                            continue;
+                        }
+                        vec![ev.execution.id.clone()]
+                    }
+                    Some(Err(RecvError::Closed)) => return,
+                    Some(Err(RecvError::Lagged(_))) | None => seen.keys().cloned().collect(),
+                };
+                for id in ids {
+                    match Box::pin(engine.snapshot_when_back(&id, "a drive subscriber")).await {
+                        Ok(Some(snap)) => {
+                            let done = snap.execution.status.is_terminal();
+                            if seen.get(&id).is_some_and(|l| snap.sequence <= *l) && !done {
+                                continue;
+                            }
+                            if done {
+                                seen.remove(&id);
+                            } else {
+                                seen.insert(id, snap.sequence);
+                            }
+                            yield Ok(WorkflowExecutionEvent(Arc::new(snap)));
+                        }
+                        Ok(None) => {
+                            seen.remove(&id);
+                        }
+                        Err(_) => {
+                            let error = database_lost(&format!("drive {drive}"));
+                            match &abort {
+                                Some(abort) => abort.set(error),
+                                None => yield Err(async_graphql::Error::from(error)),
+                            }
+                            return;
                         }
                     }
-                    Err(RecvError::Closed) => return,
                 }
             }
         })

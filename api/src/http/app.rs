@@ -77,6 +77,7 @@ impl Application {
             lease: Duration::from_secs(config.lease_seconds.max(1)),
             sweep: Duration::from_secs(config.sweep_seconds.max(1)),
             max_parallel_steps: config.max_parallel_steps.max(1),
+            snapshot_retry: Duration::from_secs(config.subscription_retry_seconds),
         };
         let engine = Engine::new(db.clone(), agents.clone(), bus, settings);
         // Limits first: runs taken over in the background obey them too.

@@ -5,7 +5,7 @@
 //! number of subscriptions, idle connections are pinged, and every refusal
 //! closes with the protocol's close code. Each subscription is checked like
 //! an HTTP request (`QueryLimits::admit`); one that follows a single
-//! execution joins its group in `crate::fanout`, any other runs on its own.
+//! execution joins its group in `graphql::fanout`, any other runs on its own.
 //!
 //! | code | when |
 //! | --- | --- |
@@ -31,8 +31,9 @@ use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
 use super::state::{AppState, ConnectionSlot};
-use crate::error::Code;
+use crate::error::{ApiError, Code};
 use crate::graphql::fanout::{self, Payload};
+use crate::graphql::subscription::Abort;
 
 /// The subprotocol the client asked for, as `GraphQLProtocol` reads it.
 pub fn protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
@@ -81,6 +82,8 @@ enum Out {
     Payload(Payload),
     /// The stream ended: the client gets `complete`.
     Done,
+    /// The stream could not go on: the client gets an `error` message.
+    Failed(ApiError),
 }
 
 /// The authenticated side of a connection, once `connection_init` passed.
@@ -218,7 +221,10 @@ impl Conn {
     /// with the error), shared with its group, or on its own.
     fn start(&self, session: &Session, mut request: async_graphql::Request) -> BoxStream<'static, Out> {
         let state = &self.state;
-        let done = futures::stream::once(std::future::ready(Out::Done));
+        // How the stream ended, read once it has.
+        let abort = Abort::default();
+        let ended = abort.clone();
+        let done = futures::stream::once(async move { ended.take().map_or(Out::Done, Out::Failed) });
         if let Err(e) = state.query_limits.admit(&mut request) {
             let resp = async_graphql::Response::from_errors(vec![e]);
             return futures::stream::once(std::future::ready(Out::Payload(fanout::payload(&resp))))
@@ -238,7 +244,7 @@ impl Conn {
             };
             return state
                 .fanout
-                .subscribe(&session.viewer_key, session.data.clone(), doc, execution_id)
+                .subscribe(&session.viewer_key, session.data.clone(), doc, execution_id, abort)
                 .map(Out::Payload)
                 .chain(done)
                 .boxed();
@@ -246,7 +252,7 @@ impl Conn {
         let limits = state.query_limits;
         state
             .schema
-            .execute_stream_with_session_data(request, session.data.clone())
+            .execute_stream_with_session_data(request.data(abort), session.data.clone())
             .map(move |mut resp| {
                 limits.code_errors(&mut resp.errors, None);
                 Out::Payload(fanout::payload(&resp))
@@ -278,6 +284,11 @@ impl Conn {
                 self.subs.remove(id);
                 self.state.metrics.subscriptions_closed(1);
                 Message::Text(format!(r#"{{"type":"complete","id":{id_json}}}"#).into())
+            }
+            Out::Failed(e) => {
+                self.subs.remove(id);
+                self.state.metrics.subscriptions_closed(1);
+                subscription_error(self.protocol, id, &e.message(), e.code())
             }
         }
     }

@@ -575,3 +575,282 @@ async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
     }
     assert_eq!(done["steps"][3]["agentOutput"]["text"], "after quick");
 }
+
+/// Takes the test's PostgreSQL database away from the servers, as a restart
+/// of PostgreSQL does, without touching the server other tests share: every
+/// connection to it is cut (`pg_terminate_backend`) and, while `refusing`,
+/// new ones are refused (`ALLOW_CONNECTIONS false`) until `end`.
+struct Outage {
+    admin: sea_orm::DatabaseConnection,
+    name: String,
+    refusing: bool,
+}
+
+impl Outage {
+    async fn begin(db: &TestDb, refusing: bool) -> Self {
+        use sea_orm::ConnectionTrait;
+        let admin_url = workflows_tests::backend_url().expect("PostgreSQL");
+        let name = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+        let admin = sea_orm::Database::connect(&admin_url).await.expect("admin connection");
+        if refusing {
+            admin
+                .execute_unprepared(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"))
+                .await
+                .unwrap();
+        }
+        // The admin connection is to another database, and is spared anyway.
+        admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ))
+            .await
+            .unwrap();
+        Outage { admin, name, refusing }
+    }
+
+    async fn end(self) {
+        use sea_orm::ConnectionTrait;
+        if self.refusing {
+            self.admin
+                .execute_unprepared(&format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.name))
+                .await
+                .unwrap();
+        }
+        self.admin.close().await.ok();
+    }
+}
+
+/// `workflowExecutionEvents` with a directive: not shared, it runs on its own.
+const LONE_EVENTS: &str = "subscription($id: ID!) { workflowExecutionEvents(executionId: $id) @include(if: true) {
+  kind sequence execution { status } step { stepOrder status } } }";
+
+const DRIVE_EVENTS: &str = "subscription($d: ID!) { driveWorkflowExecutionEvents(driveId: $d) {
+  kind sequence execution { id status } } }";
+
+/// Three subscribers on `server`, each on its own connection, to `id` (in
+/// drive `drive`): one in a shared group, one on its own, and the drive
+/// feed; returned once each has shown it is in place (a SNAPSHOT, or the
+/// drive feed's first event of the run).
+async fn watchers(server: &ServerProcess, owner: &str, id: &str, drive: &Value) -> [(WsClient, Vec<Value>); 3] {
+    let mut out = Vec::new();
+    for (doc, vars, field) in [
+        (EVENTS, json!({"id": id}), "workflowExecutionEvents"),
+        (LONE_EVENTS, json!({"id": id}), "workflowExecutionEvents"),
+        (DRIVE_EVENTS, json!({"d": drive}), "driveWorkflowExecutionEvents"),
+    ] {
+        let mut ws = WsClient::connect_with_token(&server.base, Protocol::TransportWs, owner).await;
+        ws.subscribe("1", doc, vars).await;
+        let first = match ws.next("1", Duration::from_secs(20)).await {
+            Some(Incoming::Next(p)) if p.get("errors").is_none() => p["data"][field].clone(),
+            other => panic!("{doc}: got {other:?}\n{}", server.log_text()),
+        };
+        if field == "workflowExecutionEvents" {
+            assert_eq!(first["kind"], "SNAPSHOT", "{first}");
+        }
+        out.push((ws, vec![first]));
+    }
+    out.try_into().map_err(|_| ()).unwrap()
+}
+
+/// How often the server's log says a subscription group's SNAPSHOT failed.
+fn group_snapshot_failures(server: &ServerProcess) -> usize {
+    server
+        .log_text()
+        .matches("snapshot for a subscription group failed")
+        .count()
+}
+
+/// Issue 20, defect 4. Two instances on one PostgreSQL database, a run on A,
+/// subscribers on B, and every connection to the database cut while the run
+/// goes on: once while B is left to reconnect at once, once with the
+/// database refusing connections until B's subscription group has tried
+/// (and failed) to read the SNAPSHOT it resyncs with. Each subscriber sees
+/// the run to COMPLETED without a gap (a fresh SNAPSHOT may jump ahead),
+/// never a stream that stops quietly mid-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_the_run_to_its_end_across_the_database_going_away() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![]).await;
+    // A step cut off by the outage runs again, quickly.
+    *stub.fallback.lock().unwrap() = Some(pieces(3, 20));
+    let agents = agents_file(&url);
+    for (round, refusing) in [(1, false), (2, true)] {
+        // Fresh processes each round: a pooled connection the last outage
+        // cut may fail one request, which is not what this test is about.
+        let a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+        let b = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+        let (owner, t) = template(
+            &a,
+            json!([
+                {"agentId": "echo", "promptTemplate": "first"},
+                {"agentId": "slowpoke", "promptTemplate": "slow"},
+                {"agentId": "echo", "promptTemplate": "last"}
+            ]),
+        )
+        .await;
+        let drive = a
+            .ok(
+                &owner,
+                "query($t: ID!) { workflowTemplate(id: $t) { driveId } }",
+                json!({"t": t}),
+            )
+            .await["workflowTemplate"]["driveId"]
+            .clone();
+        // The slow step streams for four seconds: the outage falls inside it.
+        stub.replies.lock().unwrap().push_back(pieces(40, 100));
+        let before = stub.request_count();
+        let id = start(&a, &owner, &t, json!({})).await;
+        wait_requests(&stub, before + 1).await;
+        let mut subs = watchers(&b, &owner, &id, &drive).await;
+
+        let failures = group_snapshot_failures(&b);
+        let outage = Outage::begin(&db, refusing).await;
+        if refusing {
+            // B's relay lost its connection: its group resyncs, and cannot
+            // read while the database refuses.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while group_snapshot_failures(&b) == failures {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "B's group never tried a SNAPSHOT during the outage:\n{}",
+                    b.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        outage.end().await;
+
+        for (n, (ws, events)) in subs.iter_mut().enumerate() {
+            let field = if n == 2 {
+                "driveWorkflowExecutionEvents"
+            } else {
+                "workflowExecutionEvents"
+            };
+            loop {
+                // The run's last event, or a SNAPSHOT of it finished.
+                let done = events.last().is_some_and(|e: &Value| {
+                    (e["kind"] == "EXECUTION_UPDATED" || e["kind"] == "SNAPSHOT")
+                        && e["execution"]["status"] == "COMPLETED"
+                        && (n < 2 || e["execution"]["id"] == id.as_str())
+                });
+                if done {
+                    break;
+                }
+                match ws.next("1", Duration::from_secs(40)).await {
+                    Some(Incoming::Next(p)) => {
+                        assert!(p.get("errors").is_none(), "round {round}, subscriber {n}: {p}");
+                        events.push(p["data"][field].clone());
+                    }
+                    other => panic!(
+                        "round {round}, subscriber {n}: the stream stopped before the run did: {other:?} after {events:?}\n\
+                         state: {}\nA:\n{}\nB:\n{}",
+                        a.gql(&owner, EXECUTION, json!({"id": id})).await,
+                        a.log_text(),
+                        b.log_text()
+                    ),
+                }
+            }
+            if n < 2 {
+                assert_eq!(ws.next("1", Duration::from_secs(10)).await, Some(Incoming::Complete));
+            }
+            // Every event follows the one before by one; a SNAPSHOT (a
+            // resync) may jump ahead, never back.
+            let seqs: Vec<(i64, bool)> = events
+                .iter()
+                .filter(|e| n < 2 || e["execution"]["id"] == id.as_str())
+                .map(|e| (e["sequence"].as_i64().unwrap(), e["kind"] == "SNAPSHOT"))
+                .collect();
+            assert!(
+                seqs.windows(2)
+                    .all(|w| if w[1].1 { w[1].0 >= w[0].0 } else { w[1].0 == w[0].0 + 1 }),
+                "round {round}, subscriber {n}: gaps or disorder: {seqs:?}"
+            );
+        }
+    }
+}
+
+/// Issue 20, defect 4: a database that stays away longer than
+/// `SUBSCRIPTION_RETRY_SECONDS` ends each subscription that needed a fresh
+/// SNAPSHOT with a coded `error` telling the client to resubscribe, never
+/// with `complete`; resubscribed once the database is back, the subscriber
+/// sees the run to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_end_with_an_error_when_the_database_stays_away() {
+    if !is_postgres() {
+        println!("several instances share a PostgreSQL database; skipped on SQLite");
+        return;
+    }
+    let db = TestDb::create().await;
+    let (stub, url) = stub(vec![pieces(40, 100)]).await;
+    *stub.fallback.lock().unwrap() = Some(pieces(3, 20));
+    let agents = agents_file(&url);
+    let a = ServerProcess::start(&db.url, Some(&agents), &FAST).await;
+    let b = ServerProcess::start(
+        &db.url,
+        Some(&agents),
+        &[FAST[0], FAST[1], ("SUBSCRIPTION_RETRY_SECONDS", "1")],
+    )
+    .await;
+    let (owner, t) = template(
+        &a,
+        json!([{"agentId": "slowpoke", "promptTemplate": "slow"}, {"agentId": "echo", "promptTemplate": "last"}]),
+    )
+    .await;
+    let drive = a
+        .ok(
+            &owner,
+            "query($t: ID!) { workflowTemplate(id: $t) { driveId } }",
+            json!({"t": t}),
+        )
+        .await["workflowTemplate"]["driveId"]
+        .clone();
+    let id = start(&a, &owner, &t, json!({})).await;
+    wait_requests(&stub, 1).await;
+    let mut subs = watchers(&b, &owner, &id, &drive).await;
+
+    let outage = Outage::begin(&db, true).await;
+    for (n, (ws, events)) in subs.iter_mut().enumerate() {
+        // Events already on their way may come first; then the error.
+        let error = loop {
+            match ws.next("1", Duration::from_secs(30)).await {
+                Some(Incoming::Next(p)) if p.get("errors").is_none() => events.push(p),
+                Some(Incoming::Error(e)) => break e,
+                other => panic!(
+                    "subscriber {n}: expected an error, got {other:?} after {events:?}\nB:\n{}",
+                    b.log_text()
+                ),
+            }
+        };
+        assert_eq!(error[0]["extensions"]["code"], "INTERNAL_SERVER_ERROR", "{error}");
+        let message = error[0]["message"].as_str().unwrap();
+        assert!(message.contains("resubscribe"), "{message}");
+        // The error ended the subscription: nothing follows it.
+        assert_eq!(ws.next("1", Duration::from_millis(300)).await, None);
+    }
+    outage.end().await;
+
+    // As a client acts on the error: resubscribe. A pooled connection cut
+    // by the outage may still fail one read (a coded error before any
+    // SNAPSHOT): resubscribe again.
+    let mut ws = WsClient::connect_with_token(&b.base, Protocol::TransportWs, &owner).await;
+    for attempt in 0.. {
+        let sub = format!("again-{attempt}");
+        ws.subscribe(&sub, EVENTS, json!({"id": id})).await;
+        let events = ws.collect(&sub, Duration::from_secs(40)).await;
+        if events[0].get("errors").is_some() && attempt < 5 {
+            assert_eq!(
+                events[0]["errors"][0]["extensions"]["code"], "INTERNAL_SERVER_ERROR",
+                "{events:?}"
+            );
+            continue;
+        }
+        let last = &events.last().unwrap()["data"]["workflowExecutionEvents"];
+        assert_eq!(last["execution"]["status"], "COMPLETED", "{events:?}");
+        break;
+    }
+}

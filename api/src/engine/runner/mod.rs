@@ -128,6 +128,9 @@ pub struct EngineSettings {
     pub sweep: Duration,
     /// Steps of one run in flight at once (`MAX_PARALLEL_STEPS`).
     pub max_parallel_steps: usize,
+    /// How long a stream's resync SNAPSHOT is retried while the database
+    /// fails (`SUBSCRIPTION_RETRY_SECONDS`).
+    pub snapshot_retry: Duration,
 }
 
 impl Default for EngineSettings {
@@ -136,6 +139,7 @@ impl Default for EngineSettings {
             lease: Duration::from_secs(30),
             sweep: Duration::from_secs(5),
             max_parallel_steps: 8,
+            snapshot_retry: Duration::from_secs(60),
         }
     }
 }
@@ -297,6 +301,30 @@ impl Engine {
             self.forget(id);
         }
         Ok(result)
+    }
+
+    /// The SNAPSHOT a live stream resyncs with (`who` names the stream in
+    /// the log). A failed read is retried with backoff for up to
+    /// `SUBSCRIPTION_RETRY_SECONDS`: when PostgreSQL restarts, or its
+    /// connections are cut, the stream catches up once it is back instead of
+    /// ending mid-run. The last error once that time is up.
+    pub async fn snapshot_when_back(&self, id: &str, who: &str) -> Result<Option<ExecutionEvent>, DbErr> {
+        let give_up = tokio::time::Instant::now() + self.settings.snapshot_retry;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.snapshot(id).await {
+                Ok(snap) => return Ok(snap),
+                Err(e) if tokio::time::Instant::now() + wait <= give_up => {
+                    tracing::warn!(execution = %id, error = %e, "snapshot for {who} failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(execution = %id, error = %e, "snapshot for {who} failed; giving up");
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// The step record's definition as the engine obeys it. The inner `Err`
