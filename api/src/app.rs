@@ -38,6 +38,7 @@ use crate::graphql::{self, AppSchema, RequestCtx, SchemaData};
 use crate::limits::{DataLimits, QueryLimits};
 use crate::metrics::Metrics;
 use crate::retention::Retention;
+use crate::stats_fold::StatsFold;
 use crate::{fanout, graphiql, ws};
 
 pub const DEMO_USER_ID: &str = "demo-user";
@@ -63,6 +64,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Deletes finished executions past `RETENTION_DAYS` (`sweep_now` runs one sweep).
     pub retention: Arc<Retention>,
+    /// Folds finished runs' statistics into the hourly roll-ups (`fold_now` runs one fold).
+    pub stats_fold: Arc<StatsFold>,
     /// Browser origins allowed by CORS (none: no CORS headers).
     pub cors_origins: Vec<String>,
     /// WebSocket connections per user.
@@ -165,6 +168,7 @@ impl Application {
                 agents: agents.clone(),
                 engine: engine.clone(),
                 limits: data_limits,
+                retention_days: config.retention_days,
             }),
             &config.limits,
         );
@@ -177,6 +181,8 @@ impl Application {
             metrics.clone(),
         ));
         retention.clone().spawn(closing.clone());
+        let stats_fold = Arc::new(StatsFold::new(db.clone(), config.stats_fold_seconds));
+        stats_fold.clone().spawn(closing.clone());
         let fanout = fanout::Hub::new(
             fanout::Renderer {
                 schema: schema.clone(),
@@ -199,6 +205,7 @@ impl Application {
             query_limits,
             metrics,
             retention,
+            stats_fold,
             cors_origins: config.http.cors_origins.clone(),
             ws_connections: Arc::default(),
             fanout,

@@ -16,5 +16,6 @@ pub mod graphql;
 pub mod limits;
 pub mod metrics;
 pub mod retention;
+pub mod stats_fold;
 pub mod telemetry;
 pub mod ws;

@@ -1,12 +1,12 @@
 //! Template statistics and the retention sweep (API.md "Analytics (design
 //! #5) and retention"): exact counts and bucketed percentiles from known
-//! runs, tokens from an `openai` agent, the same numbers after the sweep
-//! deleted the runs, `since` on UTC day boundaries, and the sweep leaving
-//! RUNNING and PAUSED runs alone.
+//! runs, tokens from an `openai` agent, the same numbers after the fold and
+//! after the sweep deleted the runs, and the sweep leaving RUNNING and
+//! PAUSED runs alone.
 
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value as DbValue};
 use serde_json::{Value, json};
 use workflows_tests::stub::{Reply, stub};
@@ -28,6 +28,11 @@ async fn stats(app: &TestApp, token: &str, template: &str, since: Option<&str>) 
 /// A server with the test agents, an `openai` agent `reviewer` answering
 /// from the stub (usage: 5 prompt, 3 completion tokens), and retention on.
 async fn server() -> TestApp {
+    server_with(|_| {}).await
+}
+
+/// `server()`, configured further by `configure`.
+async fn server_with(configure: impl FnOnce(&mut workflows::config::Config)) -> TestApp {
     let (stub, url) = stub(vec![]).await;
     *stub.fallback.lock().unwrap() = Some(Reply::Sse {
         pieces: vec!["ok"],
@@ -40,7 +45,14 @@ async fn server() -> TestApp {
             |_| None,
         )
         .unwrap();
-    TestApp::spawn_with_agents(|c| c.retention_days = 1, registry).await
+    TestApp::spawn_with_agents(
+        |c| {
+            c.retention_days = 1;
+            configure(c);
+        },
+        registry,
+    )
+    .await
 }
 
 /// Runs `sql` with `values` (written with `$n` placeholders) on the server's database.
@@ -177,6 +189,13 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     assert_eq!(counts(&sc["steps"][0]), [1, 0, 1, 0, 1], "{sc}");
     assert!(sc["durationMs"]["max"].is_number(), "{sc}");
 
+    // The fold moves the rows into the hourly roll-ups: the numbers stay.
+    app.state.stats_fold.fold_now().await.unwrap();
+    let unfolded = r#"SELECT COUNT(*) AS n FROM workflow_execution_stats WHERE "templateId" = $1 AND NOT "folded""#;
+    assert_eq!(count(&app, unfolded, t.clone()).await, 0);
+    assert_eq!(stats(&app, &owner, &t, None).await, s);
+    assert_eq!(stats(&app, &owner, &cancelled_t, None).await, sc);
+
     // Whoever sees the template sees every run in the drive; others nothing.
     assert_eq!(stats(&app, &viewer, &t, None).await, s);
     let hidden = app.ok(&outsider, STATS, json!({ "id": t })).await;
@@ -226,85 +245,41 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     );
 
     // Deleting the template still takes its statistics with it.
+    let rows = |table: &str| format!(r#"SELECT COUNT(*) AS n FROM {table} WHERE "templateId" = $1"#);
+    let tables = ["workflow_template_stats", "workflow_execution_stats"];
+    for table in tables {
+        assert!(count(&app, &rows(table), cancelled_t.clone()).await > 0, "{table}");
+    }
     app.ok(
         &owner,
         "mutation($id: ID!) { deleteWorkflowTemplate(id: $id) }",
         json!({ "id": cancelled_t }),
     )
     .await;
-    let rows = exec(
-        &app,
-        r#"UPDATE workflow_template_stats SET "completed" = 0 WHERE "templateId" = $1"#,
-        vec![cancelled_t.clone().into()],
-    )
-    .await;
-    assert_eq!(rows, 0, "the template's roll-ups went with it");
+    for table in tables {
+        assert_eq!(
+            count(&app, &rows(table), cancelled_t.clone()).await,
+            0,
+            "{table} went with it"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn since_counts_whole_utc_days_from_its_day_on() {
-    let app = server().await;
-    let owner = app.user("owner").await;
-    let drive = create_drive(&app, &owner, "Days").await;
-    let t = create_template(
-        &app,
-        &owner,
-        &drive,
-        json!({ "name": "Daily", "steps": [{ "agentId": "echo", "promptTemplate": "hi" }] }),
-    )
-    .await;
-    let t = t["id"].as_str().unwrap().to_owned();
-    // One run, its roll-ups then moved three days back; another today.
-    let today = Utc::now().date_naive();
-    let back = today - chrono::Duration::days(3);
-    let id = start(&app, &owner, &t, json!({})).await;
-    wait_for(&app, &owner, &id, "COMPLETED").await;
-    let moved = exec(
-        &app,
-        r#"UPDATE workflow_template_stats SET "day" = $1 WHERE "templateId" = $2"#,
-        vec![back.into(), t.clone().into()],
-    )
-    .await;
-    assert_eq!(moved, 2, "one row for the run, one for its step");
-    let id = start(&app, &owner, &t, json!({})).await;
-    wait_for(&app, &owner, &id, "COMPLETED").await;
-
-    let at = |d: NaiveDate, time: &str| format!("{d}T{time}Z");
-    let all = stats(&app, &owner, &t, None).await;
-    assert_eq!((&all["runs"], &all["completed"]), (&json!(2), &json!(2)), "{all}");
-    // Late on the day of the moved run: that whole day counts.
-    let late = stats(&app, &owner, &t, Some(&at(back, "23:59:59"))).await;
-    assert_eq!(late["completed"], 2, "{late}");
-    // The next midnight: only today's run.
-    let next = stats(
-        &app,
-        &owner,
-        &t,
-        Some(&at(back + chrono::Duration::days(1), "00:00:00")),
-    )
-    .await;
-    assert_eq!(next["completed"], 1, "{next}");
-    assert_eq!(next["steps"][0]["completed"], 1, "{next}");
-    // Today, and an offset that is still today in UTC.
-    let today_stats = stats(&app, &owner, &t, Some(&format!("{today}T23:30:00+00:00"))).await;
-    assert_eq!(today_stats["completed"], 1, "{today_stats}");
-    // Tomorrow: nothing, and a rate of nothing is null.
-    let none = stats(
-        &app,
-        &owner,
-        &t,
-        Some(&at(today + chrono::Duration::days(1), "00:00:00")),
-    )
-    .await;
-    assert_eq!(
-        none,
-        json!({ "runs": 0, "completed": 0, "failed": 0, "cancelled": 0, "active": 0, "successRate": null,
-                "durationMs": { "p50": null, "p95": null, "max": null },
-                "tokens": { "prompt": 0, "completion": 0 }, "steps": [] })
-    );
-    // Not a DateTime: refused before it runs, with a code.
-    let bad = app.gql(&owner, STATS, json!({ "id": t, "since": "yesterday" })).await;
-    assert!(bad["errors"][0]["extensions"]["code"].is_string(), "{bad}");
+/// `n` of `sql` (written with `$1`) for `value`.
+async fn count(app: &TestApp, sql: &str, value: String) -> i64 {
+    let backend = app.db().get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        sql.to_owned()
+    } else {
+        sql.replace("$1", "?")
+    };
+    app.db()
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, [value.into()]))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
