@@ -80,6 +80,11 @@ pub struct Config {
     #[arg(long, env = "RETENTION_SWEEP_SECONDS", default_value_t = 3600)]
     pub retention_sweep_seconds: u64,
 
+    /// Seconds between folds of finished runs' statistics into the hourly
+    /// roll-ups; `0`: no background fold (reads stay exact, and slower).
+    #[arg(long, env = "STATS_FOLD_SECONDS", default_value_t = 5)]
+    pub stats_fold_seconds: u64,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -263,6 +268,7 @@ impl Config {
             subscription_retry_seconds: 60,
             retention_days: 0,
             retention_sweep_seconds: 3600,
+            stats_fold_seconds: 5,
             limits: Limits::default(),
             tokens: TokenSettings::default(),
             http: HttpSettings::default(),

@@ -8,6 +8,7 @@ pub mod tags;
 pub mod user;
 pub mod workflow_execution;
 pub mod workflow_execution_approval;
+pub mod workflow_execution_stat;
 pub mod workflow_execution_step;
 pub mod workflow_schedule;
 pub mod workflow_step;

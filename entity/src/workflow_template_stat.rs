@@ -1,7 +1,9 @@
 use sea_orm::entity::prelude::*;
 
-/// Roll-up of one template's runs that started on one UTC day: the run as a
-/// whole (`step_order` -1) or one of its steps. Only ever added to.
+/// Roll-up of one template's runs that started in one UTC hour: the run as
+/// a whole (`step_order` -1) or one of its steps. Only ever added to, by the
+/// fold of `workflow_execution_stats` rows. Rows from before hourly roll-ups
+/// hold a whole day, at its 00:00.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "workflow_template_stats")]
 pub struct Model {
@@ -9,7 +11,8 @@ pub struct Model {
     pub id: String,
     #[sea_orm(column_name = "templateId")]
     pub template_id: String,
-    pub day: Date,
+    /// The hour's first instant.
+    pub hour: DateTime,
     /// -1: the run as a whole; otherwise the step's `stepOrder`.
     #[sea_orm(column_name = "stepOrder")]
     pub step_order: i32,

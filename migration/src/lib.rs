@@ -13,6 +13,7 @@ mod m20261202_000007_template_search;
 mod m20261202_000008_versions_retries;
 mod m20261202_000009_template_stats;
 mod m20261202_000010_parallel_approvals;
+mod m20261208_000011_hourly_stats;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_versions_retries::Migration),
             Box::new(m20261202_000009_template_stats::Migration),
             Box::new(m20261202_000010_parallel_approvals::Migration),
+            Box::new(m20261208_000011_hourly_stats::Migration),
         ]
     }
 }

@@ -1,19 +1,22 @@
-//! What a change adds to the template roll-ups (`workflow_template_stats`):
-//! the run once, on the write that makes it COMPLETED, FAILED or CANCELLED;
-//! a step once, on the write that makes it COMPLETED, FAILED or SKIPPED.
-//! The runner adds the upsert to that same write, which is fenced (it applies
-//! once, on one instance), so the numbers are exact across instances.
+//! What a change adds to the template statistics: the run once, on the
+//! write that makes it COMPLETED, FAILED or CANCELLED; a step once, on the
+//! write that makes it COMPLETED, FAILED or SKIPPED. Each is a row of
+//! `workflow_execution_stats` carrying the run's exact start, inserted by
+//! that same write, which is fenced (it applies once, on one instance), so
+//! the numbers are exact across instances. A plain insert: concurrent runs
+//! of one template share no row, so none waits on another's lock. The fold
+//! (`jobs::stats_fold`) adds the rows into the hourly roll-ups later.
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::NaiveDateTime;
 use entity::{ExecutionStatus, StepStatus};
 use sea_orm::{DbBackend, Value};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use super::state::{ExecPatch, RunState, StepPatch};
 use crate::domain::new_id;
 use crate::domain::stats::{RUN_SCOPE, bucket};
 
-/// One roll-up row's increments.
+/// One row's increments.
 #[derive(Debug, Default, PartialEq)]
 pub struct Increment {
     pub step_order: i32,
@@ -27,26 +30,14 @@ pub struct Increment {
     pub duration_ms: Option<i64>,
 }
 
-/// The increments of one change, all on the run's template and start day.
+/// The increments of one change, all of one run.
 #[derive(Debug, PartialEq)]
 pub struct Rollup {
     pub template_id: String,
-    pub day: NaiveDate,
-    /// Which of the roll-up's rows this run adds to (see the migration).
-    pub shard: i32,
+    pub execution_id: String,
+    /// When the run started: what `stats(since:)` compares with.
+    pub started_at: NaiveDateTime,
     pub rows: Vec<Increment>,
-}
-
-/// Roll-up rows per (template, day, step): concurrent runs of one template
-/// spread their upserts over them instead of queueing on one row.
-pub const SHARDS: u32 = 64;
-
-/// A run's shard, the same on every instance.
-fn shard_of(execution_id: &str) -> i32 {
-    let h = execution_id
-        .bytes()
-        .fold(2_166_136_261_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
-    (h % SHARDS) as i32
 }
 
 fn millis(from: Option<NaiveDateTime>, to: NaiveDateTime) -> Option<i64> {
@@ -122,49 +113,44 @@ impl Rollup {
         }
         Some(Self {
             template_id: e.workflow_template_id.clone(),
-            day: e.started_at.unwrap_or(e.created_at).date(),
-            shard: shard_of(&e.id),
+            execution_id: e.id.clone(),
+            started_at: e.started_at.unwrap_or(e.created_at),
             rows,
         })
     }
 
-    /// The upsert adding these increments, its placeholders numbered from
-    /// `first` (PostgreSQL). `only_if`: a condition the insert is made on
+    /// The insert of these rows, its placeholders numbered from `first`
+    /// (PostgreSQL). `only_if`: a condition the insert is made on
     /// (PostgreSQL: that the fenced update of the same statement matched).
-    pub fn upsert(&self, backend: DbBackend, first: usize, only_if: Option<&str>) -> (String, Vec<Value>) {
-        const COLUMNS: &str = r#""id", "templateId", "day", "stepOrder", "shard", "completed", "failed", "cancelled", "skipped", "attempts", "promptTokens", "completionTokens", "durations", "durationMaxMs", "createdAt", "updatedAt""#;
-        const CASTS: [&str; 16] = [
+    pub fn insert(&self, backend: DbBackend, first: usize, only_if: Option<&str>) -> (String, Vec<Value>) {
+        const COLUMNS: &str = r#""id", "templateId", "executionId", "startedAt", "stepOrder", "completed", "failed", "cancelled", "skipped", "attempts", "promptTokens", "completionTokens", "durationMs", "durationBucket", "createdAt""#;
+        const CASTS: [&str; 15] = [
             "text",
             "text",
-            "date",
-            "integer",
-            "integer",
-            "bigint",
-            "bigint",
-            "bigint",
-            "bigint",
-            "bigint",
-            "bigint",
-            "bigint",
-            "jsonb",
-            "bigint",
+            "text",
             "timestamp",
+            "integer",
+            "bigint",
+            "bigint",
+            "bigint",
+            "bigint",
+            "bigint",
+            "bigint",
+            "bigint",
+            "bigint",
+            "integer",
             "timestamp",
         ];
         let at = crate::domain::now();
         let mut values: Vec<Value> = Vec::new();
         let mut tuples = Vec::new();
         for r in &self.rows {
-            let durations = match r.duration_ms {
-                Some(ms) => json!({ bucket(ms).to_string(): 1 }),
-                None => json!({}),
-            };
-            let row: [Value; 16] = [
+            let row: [Value; 15] = [
                 new_id().into(),
                 self.template_id.clone().into(),
-                self.day.into(),
+                self.execution_id.clone().into(),
+                self.started_at.into(),
                 r.step_order.into(),
-                self.shard.into(),
                 r.completed.into(),
                 r.failed.into(),
                 r.cancelled.into(),
@@ -172,9 +158,8 @@ impl Rollup {
                 r.attempts.into(),
                 r.prompt_tokens.into(),
                 r.completion_tokens.into(),
-                durations.into(),
                 r.duration_ms.into(),
-                at.into(),
+                r.duration_ms.map(bucket).into(),
                 at.into(),
             ];
             let cells: Vec<String> = CASTS
@@ -188,46 +173,13 @@ impl Rollup {
             values.extend(row);
             tuples.push(format!("({})", cells.join(", ")));
         }
-        let t = "workflow_template_stats";
-        let add = |c: &str| format!(r#""{c}" = {t}."{c}" + excluded."{c}""#);
-        let (max, durations) = match backend {
-            DbBackend::Postgres => (
-                format!(r#"GREATEST({t}."durationMaxMs", excluded."durationMaxMs")"#),
-                format!(
-                    r#"{t}."durations" || COALESCE((SELECT jsonb_object_agg(d.key, COALESCE(({t}."durations" ->> d.key)::bigint, 0) + d.value::bigint)
-                         FROM jsonb_each_text(excluded."durations") d), '{{}}'::jsonb)"#
-                ),
-            ),
-            _ => (
-                format!(
-                    r#"max(COALESCE({t}."durationMaxMs", excluded."durationMaxMs"), COALESCE(excluded."durationMaxMs", {t}."durationMaxMs"))"#
-                ),
-                format!(
-                    r#"json_patch({t}."durations", (SELECT json_group_object(d.key, COALESCE(json_extract({t}."durations", '$."' || d.key || '"'), 0) + d.value)
-                         FROM json_each(excluded."durations") d))"#
-                ),
-            ),
-        };
-        let sets = [
-            "completed",
-            "failed",
-            "cancelled",
-            "skipped",
-            "attempts",
-            "promptTokens",
-            "completionTokens",
-        ]
-        .map(add)
-        .join(", ");
         let source = match only_if {
             Some(cond) => format!("SELECT * FROM (VALUES {}) v WHERE {cond}", tuples.join(", ")),
             None => format!("VALUES {}", tuples.join(", ")),
         };
-        let sql = format!(
-            r#"INSERT INTO {t} ({COLUMNS}) {source}
-               ON CONFLICT ("templateId", "day", "stepOrder", "shard") DO UPDATE SET {sets},
-                 "durations" = {durations}, "durationMaxMs" = {max}, "updatedAt" = excluded."updatedAt""#
-        );
-        (sql, values)
+        (
+            format!("INSERT INTO workflow_execution_stats ({COLUMNS}) {source}"),
+            values,
+        )
     }
 }

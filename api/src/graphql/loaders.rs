@@ -121,11 +121,11 @@ impl Loader<VersionPage> for VersionsOfTemplate {
     }
 }
 
-/// A template's statistics over the runs that started on `since`'s day or later.
+/// A template's statistics over the runs that started at or after `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatsKey {
     pub template_id: String,
-    pub since: Option<chrono::NaiveDate>,
+    pub since: Option<chrono::NaiveDateTime>,
 }
 
 pub struct StatsOfTemplate(pub DatabaseConnection);
@@ -136,7 +136,7 @@ impl Loader<StatsKey> for StatsOfTemplate {
 
     async fn load(&self, keys: &[StatsKey]) -> Result<HashMap<StatsKey, Self::Value>, Self::Error> {
         // Two statements per `since`; a page of templates asks one.
-        let mut by_since: HashMap<Option<chrono::NaiveDate>, Vec<String>> = HashMap::new();
+        let mut by_since: HashMap<Option<chrono::NaiveDateTime>, Vec<String>> = HashMap::new();
         for k in keys {
             by_since.entry(k.since).or_default().push(k.template_id.clone());
         }

@@ -38,6 +38,8 @@ pub struct SchemaData {
     pub agents: Arc<AgentRegistry>,
     pub engine: Arc<Engine>,
     pub limits: DataLimits,
+    /// `RETENTION_DAYS`: how far back `stats(since:)` is exact to the instant.
+    pub retention_days: u32,
 }
 
 /// One request's viewer, permissions and loaders.

@@ -39,6 +39,7 @@ use crate::graphql::fanout;
 use crate::graphql::{self, SchemaData};
 use crate::jobs::retention::Retention;
 use crate::jobs::scheduler::Scheduler;
+use crate::jobs::stats_fold::StatsFold;
 use crate::metrics::Metrics;
 
 pub struct Application {
@@ -99,6 +100,7 @@ impl Application {
                 agents: agents.clone(),
                 engine: engine.clone(),
                 limits: data_limits,
+                retention_days: config.retention_days,
             }),
             &config.limits,
         );
@@ -111,6 +113,8 @@ impl Application {
             metrics.clone(),
         ));
         retention.clone().spawn(closing.clone());
+        let stats_fold = Arc::new(StatsFold::new(db.clone(), config.stats_fold_seconds));
+        stats_fold.clone().spawn(closing.clone());
         let fanout = fanout::Hub::new(
             fanout::Renderer {
                 schema: schema.clone(),
@@ -133,6 +137,7 @@ impl Application {
             query_limits,
             metrics,
             retention,
+            stats_fold,
             cors_origins: config.http.cors_origins.clone(),
             ws_connections: Arc::default(),
             fanout,

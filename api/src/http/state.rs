@@ -13,6 +13,7 @@ use crate::graphql::fanout;
 use crate::graphql::{AppSchema, RequestCtx};
 use crate::jobs::retention::Retention;
 use crate::jobs::scheduler::Scheduler;
+use crate::jobs::stats_fold::StatsFold;
 use crate::metrics::Metrics;
 use sea_orm::DatabaseConnection;
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Deletes finished executions past `RETENTION_DAYS` (`sweep_now` runs one sweep).
     pub retention: Arc<Retention>,
+    /// Folds finished runs' statistics into the hourly roll-ups (`fold_now` runs one fold).
+    pub stats_fold: Arc<StatsFold>,
     /// Browser origins allowed by CORS (none: no CORS headers).
     pub cors_origins: Vec<String>,
     /// WebSocket connections per user.

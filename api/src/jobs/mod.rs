@@ -3,3 +3,4 @@
 
 pub mod retention;
 pub mod scheduler;
+pub mod stats_fold;

@@ -3,7 +3,10 @@
 //! whose last change (`updatedAt`: for a finished run, when it finished) is
 //! older than that are deleted with their step records, in bounded batches.
 //! On PostgreSQL a transaction-scoped advisory lock lets one instance delete
-//! at a time. Template statistics are roll-ups and are not touched.
+//! at a time. Template statistics stay: the roll-ups are never deleted, and
+//! of the rows finished runs left in `workflow_execution_stats` only those
+//! already folded into them whose run started as long ago are (what makes
+//! `stats(since:)` exact to the instant within the retention period).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +18,25 @@ use crate::metrics::Metrics;
 
 /// Executions deleted per transaction.
 pub const BATCH: u64 = 500;
+/// Statistics rows (one per finished run and step) deleted per transaction.
+const STATS_BATCH: u64 = 5000;
 /// `pg_try_advisory_xact_lock` key of the sweep ("wfretain").
 const LOCK_KEY: i64 = 0x7766_7265_7461_696e;
+
+/// Finished executions whose last change is older than the cutoff, oldest
+/// first (their step records go with them: ON DELETE CASCADE).
+const EXECUTIONS: &str = r#"DELETE FROM workflow_executions WHERE id IN (
+    SELECT id FROM workflow_executions
+    WHERE "status" IN ('completed', 'failed', 'cancelled') AND "updatedAt" < $1
+    ORDER BY "updatedAt" LIMIT $2 {lock})"#;
+
+/// Statistics rows already added to the roll-ups whose run started before
+/// the cutoff. Rows not yet folded are never deleted: they are all that
+/// counts their run until the fold adds them to its hour.
+const FOLDED_STATS: &str = r#"DELETE FROM workflow_execution_stats WHERE id IN (
+    SELECT id FROM workflow_execution_stats
+    WHERE "folded" AND "startedAt" < $1
+    ORDER BY "startedAt" LIMIT $2 {lock})"#;
 
 pub struct Retention {
     db: DatabaseConnection,
@@ -46,7 +66,7 @@ impl Retention {
         let cutoff = crate::domain::now() - age;
         let mut total = 0;
         loop {
-            let Some(n) = self.delete_batch(cutoff).await? else {
+            let Some(n) = self.delete_batch(EXECUTIONS, cutoff, BATCH).await? else {
                 break;
             };
             total += n;
@@ -58,12 +78,23 @@ impl Retention {
         if total > 0 {
             tracing::info!(deleted = total, "retention: deleted finished executions");
         }
+        let mut rows = 0;
+        while let Some(n) = self.delete_batch(FOLDED_STATS, cutoff, STATS_BATCH).await? {
+            rows += n;
+            if n < STATS_BATCH {
+                break;
+            }
+        }
+        if rows > 0 {
+            tracing::debug!(deleted = rows, "retention: deleted folded statistics rows");
+        }
         Ok(total)
     }
 
-    /// One transaction: up to `BATCH` executions; `None` when another
-    /// instance holds the sweep's lock.
-    async fn delete_batch(&self, cutoff: chrono::NaiveDateTime) -> Result<Option<u64>, DbErr> {
+    /// One transaction: up to `limit` rows `what` picks (`$1`: the
+    /// cutoff, `$2`: the limit, `{lock}`: where PostgreSQL skips rows others
+    /// hold); `None` when another instance holds the sweep's lock.
+    async fn delete_batch(&self, what: &str, cutoff: chrono::NaiveDateTime, limit: u64) -> Result<Option<u64>, DbErr> {
         let backend = self.db.get_database_backend();
         let txn = self.db.begin().await?;
         let sql = match backend {
@@ -82,23 +113,15 @@ impl Retention {
                     txn.rollback().await?;
                     return Ok(None);
                 }
-                r#"DELETE FROM workflow_executions WHERE id IN (
-                     SELECT id FROM workflow_executions
-                     WHERE "status" IN ('completed', 'failed', 'cancelled') AND "updatedAt" < $1
-                     ORDER BY "updatedAt" LIMIT $2 FOR UPDATE SKIP LOCKED)"#
+                what.replace("{lock}", "FOR UPDATE SKIP LOCKED")
             }
-            _ => {
-                r#"DELETE FROM workflow_executions WHERE id IN (
-                     SELECT id FROM workflow_executions
-                     WHERE "status" IN ('completed', 'failed', 'cancelled') AND "updatedAt" < ?
-                     ORDER BY "updatedAt" LIMIT ?)"#
-            }
+            _ => what.replace("{lock}", "").replace("$1", "?").replace("$2", "?"),
         };
         let res = txn
             .execute_raw(Statement::from_sql_and_values(
                 backend,
                 sql,
-                [cutoff.into(), (BATCH as i64).into()],
+                [cutoff.into(), (limit as i64).into()],
             ))
             .await?;
         txn.commit().await?;

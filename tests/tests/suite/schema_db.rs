@@ -63,7 +63,7 @@ const FOREIGN_KEYS: [(&str, &str, &str, &str); 8] = [
 
 /// The foreign keys the later features add (docs/domain.md, "Database
 /// tables"), each with its rule and its index.
-const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 8] = [
+const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 9] = [
     (
         "workflow_execution_approvals",
         "executionStepId",
@@ -118,17 +118,25 @@ const ROADMAP_FOREIGN_KEYS: [(&str, &str, &str, &str, &str); 8] = [
         "templateId",
         "workflow_templates",
         "CASCADE",
-        "workflow_template_stats_template_id_day_step_key",
+        "workflow_template_stats_template_id_hour_step_key",
+    ),
+    (
+        "workflow_execution_stats",
+        "templateId",
+        "workflow_templates",
+        "CASCADE",
+        "workflow_execution_stats_template_id_started_at_idx",
     ),
 ];
 
-const WORKFLOW_TABLES: [&str; 7] = [
+const WORKFLOW_TABLES: [&str; 8] = [
     "workflow_templates",
     "workflow_steps",
     "workflow_executions",
     "workflow_execution_steps",
     "workflow_template_versions",
     "workflow_template_stats",
+    "workflow_execution_stats",
     "workflow_execution_approvals",
 ];
 

@@ -456,7 +456,13 @@ async fn template_stats_on_a_page_use_a_constant_number_of_statements() {
     let page = "query($d: ID!, $first: Int, $since: DateTime) { workflowTemplates(driveId: $d, first: $first) {
       nodes { id stats(since: $since) { runs completed active successRate durationMs { p50 p95 max }
               tokens { prompt } steps { stepOrder runs attempts durationMs { p95 } } } } } }";
-    for since in [serde_json::Value::Null, json!("2020-01-01T00:00:00Z")] {
+    // No `since`, a whole hour, and one inside an hour (its partial first
+    // hour is counted from the rows, in the same statements).
+    for since in [
+        serde_json::Value::Null,
+        json!("2020-01-01T00:00:00Z"),
+        json!("2020-01-01T00:30:00Z"),
+    ] {
         let (five, _) = fewest(&app, &owner, page, json!({ "d": drive, "first": 5, "since": since })).await;
         let (fifty, data) = fewest(&app, &owner, page, json!({ "d": drive, "first": 50, "since": since })).await;
         let nodes = data["workflowTemplates"]["nodes"].as_array().unwrap();

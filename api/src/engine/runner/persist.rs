@@ -149,7 +149,7 @@ impl Engine {
                     txn.execute(insert).await?;
                 }
                 if let Some(r) = &rollup {
-                    let (sql, values) = r.upsert(DbBackend::Sqlite, 1, None);
+                    let (sql, values) = r.insert(DbBackend::Sqlite, 1, None);
                     txn.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
                         .await?;
                 }
@@ -230,7 +230,7 @@ impl Engine {
             values.extend(a_values.0);
         }
         if let Some(r) = rollup {
-            let (r_sql, r_values) = r.upsert(DbBackend::Postgres, values.len() + 1, Some("EXISTS (SELECT 1 FROM e)"));
+            let (r_sql, r_values) = r.insert(DbBackend::Postgres, values.len() + 1, Some("EXISTS (SELECT 1 FROM e)"));
             sql.push_str(&format!(", r AS ({r_sql})"));
             values.extend(r_values);
         }

@@ -99,17 +99,21 @@ plain_object! {
                 })
         }
         /// Counts, durations and token use of this template's runs in the drive
-        /// (whoever started them) that started on `since`'s UTC day or later
-        /// (default: all). Kept as runs and steps finish, so they survive the
-        /// retention sweep; docs/statistics.md says what each number means.
+        /// (whoever started them) that started at or after `since` (default:
+        /// all). Kept as runs and steps finish, so they survive the retention
+        /// sweep; a `since` older than the retention period counts from the next
+        /// whole UTC hour. docs/statistics.md says what each number means.
         async fn stats(&self, ctx: &Context<'_>, since: Option<DateTime<Utc>>) -> Result<WorkflowTemplateStats> {
             let r = ctx.data_unchecked::<RequestCtx>();
             if !r.access().await?.can_see_template_stats(&self.0) {
                 return Err(ApiError::not_found("workflow template", &self.0.id).into());
             }
+            let retention_days = ctx.data_unchecked::<crate::graphql::SchemaData>().retention_days;
             let key = crate::graphql::loaders::StatsKey {
                 template_id: self.0.id.clone(),
-                since: since.map(|t| t.date_naive()),
+                since: since.map(|t| {
+                    crate::domain::stats::effective_since(t.naive_utc(), retention_days, crate::domain::now())
+                }),
             };
             let stats = r
                 .loaders
