@@ -4,6 +4,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod demo;

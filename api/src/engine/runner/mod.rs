@@ -41,6 +41,7 @@ use super::relay::{self, Note, Relay};
 use super::rollup::Rollup;
 use super::state::{ExecPatch, RunState, StepPatch};
 use super::{condition, prompt};
+use crate::clock::Clock;
 use crate::domain::{self, new_id, now, validation};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{EventBus, EventKind, ExecutionEvent};
@@ -176,6 +177,8 @@ pub struct Engine {
     /// This instance's id, written as `leaseOwner`.
     instance: String,
     settings: EngineSettings,
+    /// What leases are measured on, and the renewing and sweeping wait on.
+    clock: Clock,
     /// Set on shutdown: finish the step in flight, start no other.
     stopping: CancellationToken,
     /// Set when the grace period is over: abandon steps in flight.
@@ -197,6 +200,7 @@ impl Engine {
         agents: Arc<AgentRegistry>,
         bus: EventBus,
         settings: EngineSettings,
+        clock: Clock,
     ) -> Arc<Self> {
         let instance = new_id();
         let relay = (db.get_database_backend() == DbBackend::Postgres).then(|| Relay::new(instance.clone()));
@@ -207,6 +211,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             instance,
             settings,
+            clock,
             stopping: CancellationToken::new(),
             abandon: CancellationToken::new(),
             runners: TaskTracker::new(),
@@ -251,8 +256,13 @@ impl Engine {
         &self.db
     }
 
+    /// The clock background work acts on (leases here, and the scheduler).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     fn lease_until(&self) -> NaiveDateTime {
-        now() + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30))
+        self.clock.now() + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30))
     }
 
     fn live(&self, id: &str) -> Arc<Live> {
