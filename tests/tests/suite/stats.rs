@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value as DbValue};
 use serde_json::{Value, json};
+use workflows::clock::ManualClock;
 use workflows_tests::stub::{Reply, stub};
-use workflows_tests::{TestApp, agents};
+use workflows_tests::{TestApp, agents, eventually, manual_clock};
 
 use crate::executions::{cancel, start, wait_for};
 use crate::{add_member, create_drive, create_template};
@@ -26,8 +27,10 @@ async fn stats(app: &TestApp, token: &str, template: &str, since: Option<&str>) 
 }
 
 /// A server with the test agents, an `openai` agent `reviewer` answering
-/// from the stub (usage: 5 prompt, 3 completion tokens), and retention on.
-async fn server() -> TestApp {
+/// from the stub (usage: 5 prompt, 3 completion tokens), and retention on
+/// (one day; the test sweeps with `sweep_now`, the server's own sweep waits
+/// 30 days); going by `clock` when one is given.
+async fn server_on(clock: Option<&ManualClock>) -> TestApp {
     let (stub, url) = stub(vec![]).await;
     *stub.fallback.lock().unwrap() = Some(Reply::Sse {
         pieces: vec!["ok"],
@@ -40,7 +43,18 @@ async fn server() -> TestApp {
             |_| None,
         )
         .unwrap();
-    TestApp::spawn_with_agents(|c| c.retention_days = 1, registry).await
+    let configure = |c: &mut workflows::config::Config| {
+        c.retention_days = 1;
+        c.retention_sweep_seconds = 30 * 24 * 3600;
+    };
+    match clock {
+        Some(clock) => TestApp::spawn_with_agents_and_clock(configure, registry, clock).await,
+        None => TestApp::spawn_with_agents(configure, registry).await,
+    }
+}
+
+async fn server() -> TestApp {
+    server_on(None).await
 }
 
 /// Runs `sql` with `values` (written with `$n` placeholders) on the server's database.
@@ -60,15 +74,10 @@ async fn exec(app: &TestApp, sql: &str, values: Vec<DbValue>) -> u64 {
         .rows_affected()
 }
 
-/// Makes every execution of `template` look finished two days ago.
-async fn age(app: &TestApp, template: &str) {
-    let old = Utc::now().naive_utc() - chrono::Duration::days(2);
-    exec(
-        app,
-        r#"UPDATE workflow_executions SET "updatedAt" = $1 WHERE "workflowTemplateId" = $2"#,
-        vec![old.into(), template.into()],
-    )
-    .await;
+/// Moves the server's clock on two days: every run finished so far is past
+/// the retention age.
+fn two_days_later(clock: &ManualClock) {
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
 }
 
 fn ms(v: &Value) -> i64 {
@@ -77,7 +86,8 @@ fn ms(v: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_runs_give_exact_counts_and_survive_the_sweep() {
-    let app = server().await;
+    let clock = manual_clock();
+    let app = server_on(Some(&clock)).await;
     let owner = app.user("owner").await;
     let viewer = app.user("viewer").await;
     let outsider = app.user("outsider").await;
@@ -185,8 +195,9 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     // The sweep deletes the five finished runs and their steps; the
     // statistics do not move.
     assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "nothing is old yet");
-    age(&app, &t).await;
-    age(&app, &cancelled_t).await;
+    clock.advance(Duration::from_secs(24 * 3600 - 60));
+    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "less than a day old");
+    two_days_later(&clock);
     assert_eq!(app.state.retention.sweep_now().await.unwrap(), 5);
     let left = app
         .ok(&owner, "{ workflowExecutions(first: 50) { totalCount } }", json!({}))
@@ -309,7 +320,16 @@ async fn since_counts_whole_utc_days_from_its_day_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_never_deletes_running_or_paused_runs() {
-    let app = server().await;
+    let clock = manual_clock();
+    // The server's own sweep, every hour on its clock.
+    let app = TestApp::spawn_with_clock(
+        |c| {
+            c.retention_days = 1;
+            c.retention_sweep_seconds = 3600;
+        },
+        &clock,
+    )
+    .await;
     let owner = app.user("owner").await;
     let drive = create_drive(&app, &owner, "Keep").await;
     let t = create_template(
@@ -337,24 +357,29 @@ async fn the_sweep_never_deletes_running_or_paused_runs() {
         "{s}"
     );
 
-    age(&app, &t).await;
-    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 1);
-    let ids: Vec<String> = app
-        .ok(
-            &owner,
-            "{ workflowExecutions(first: 50) { nodes { id status } } }",
-            json!({}),
-        )
-        .await["workflowExecutions"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        ids.contains(&running) && ids.contains(&paused) && !ids.contains(&finished),
-        "{ids:?}"
-    );
+    two_days_later(&clock);
+    let ids: Vec<String> = eventually(Duration::from_secs(10), || async {
+        let ids: Vec<String> = app
+            .ok(
+                &owner,
+                "{ workflowExecutions(first: 50) { nodes { id status } } }",
+                json!({}),
+            )
+            .await["workflowExecutions"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.contains(&finished) {
+            Err(format!("{ids:?}"))
+        } else {
+            Ok(ids)
+        }
+    })
+    .await;
+    assert!(ids.contains(&running) && ids.contains(&paused), "{ids:?}");
+    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "nothing else goes");
     assert_eq!(stats(&app, &owner, &t, None).await, s);
     assert!(cancel(&app, &owner, &running).await.get("errors").is_none());
 }
