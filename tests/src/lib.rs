@@ -350,6 +350,27 @@ impl TestApp {
         body["data"].clone()
     }
 
+    /// Waits until `n` more subscriptions than `before` (an earlier
+    /// `subscribers()`) listen to the server's events: a subscription is in
+    /// place once its resolver has run, a moment after the server read it.
+    pub async fn wait_subscribed(&self, before: usize, n: usize) {
+        let bus = self.state.engine.bus();
+        eventually(Duration::from_secs(10), || async {
+            let now = bus.subscribers();
+            if now >= before + n {
+                Ok(())
+            } else {
+                Err(format!("{now} subscribers"))
+            }
+        })
+        .await
+    }
+
+    /// Subscribers to the server's events now (see `wait_subscribed`).
+    pub fn subscribers(&self) -> usize {
+        self.state.engine.bus().subscribers()
+    }
+
     /// SQL statements the server has sent so far.
     pub fn statements(&self) -> u64 {
         self.state.statements.get()

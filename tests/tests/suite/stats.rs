@@ -136,13 +136,7 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     }
     let c = start(&app, &owner, &cancelled_t, json!({})).await;
     // Cancelled while its step is in flight.
-    for _ in 0..200 {
-        let e = crate::executions::execution(&app, &owner, &c).await;
-        if e["steps"][0]["status"] == "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::executions::wait_for_step(&app, &owner, &c, 0).await;
     assert!(cancel(&app, &owner, &c).await.get("errors").is_none());
 
     let s = stats(&app, &owner, &t, None).await;
@@ -402,6 +396,8 @@ async fn racing_cancels_are_counted_once() {
     let mut ids = Vec::new();
     for i in 0..10 {
         let id = start(&app, &owner, &t, json!({ "ms": (i * 3).to_string() })).await;
+        // Not synchronization: the cancels land at different points of
+        // steps of different lengths, some before and some after the end.
         tokio::time::sleep(Duration::from_millis(i * 2)).await;
         let _ = cancel(&app, &owner, &id).await;
         ids.push(id);
@@ -429,12 +425,13 @@ async fn racing_cancels_are_counted_once() {
 }
 
 async fn wait_for_end(app: &TestApp, token: &str, id: &str) -> Value {
-    for _ in 0..400 {
+    eventually(Duration::from_secs(10), || async {
         let e = crate::executions::execution(app, token, id).await;
         if matches!(e["status"].as_str(), Some("COMPLETED" | "CANCELLED" | "FAILED")) {
-            return e;
+            Ok(e)
+        } else {
+            Err(e)
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("execution {id} never ended");
+    })
+    .await
 }
