@@ -88,7 +88,10 @@ async fn streams_the_answer_to_subscribers_and_stores_it_once() {
     let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
     let id = paused_run(&app, &owner, &t).await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let listening = app.subscribers();
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them.
+    app.wait_subscribed(listening, 1).await;
     assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
     let events: Vec<Value> = ws
         .collect("1", Duration::from_secs(10))
@@ -137,7 +140,10 @@ async fn characters_split_between_network_reads_arrive_whole() {
     let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
     let id = paused_run(&app, &owner, &t).await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let listening = app.subscribers();
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them.
+    app.wait_subscribed(listening, 1).await;
     assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
     let events = ws.collect("1", Duration::from_secs(10)).await;
     let deltas: String = events

@@ -186,7 +186,10 @@ async fn streamed_output_arrives_as_deltas_that_add_up() {
     let id = start(&app, &owner, t["id"].as_str().unwrap(), json!({})).await;
     wait_for(&app, &owner, &id, "PAUSED").await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let listening = app.subscribers();
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them.
+    app.wait_subscribed(listening, 1).await;
     submit(&app, &owner, &id, json!({"who": "the lazy dog"})).await;
     let all = events(
         &ws.collect("1", Duration::from_secs(10)).await,
