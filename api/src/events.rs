@@ -66,4 +66,10 @@ impl EventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ExecutionEvent>> {
         self.tx.subscribe()
     }
+
+    /// How many subscribers listen now (a test waits for its subscription
+    /// to be in place before it starts the run it watches).
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
 }

@@ -14,6 +14,7 @@
 //! - `http`: the router, WebSocket and GraphiQL.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod db;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 /// and lower layers' modules, never a higher one's. A new top-level module
 /// must be given its place here.
 const LAYERS: &[&[&str]] = &[
-    // Plain settings and the error type every layer returns.
-    &["config", "error", "telemetry"],
+    // Plain settings, the error type every layer returns, and the clock.
+    &["clock", "config", "error", "telemetry"],
     // Plain values and rules: no database, no GraphQL, no I/O.
     &["core"],
     // Shared services: tokens, the database pool, metrics, the event bus.

@@ -18,6 +18,7 @@ impl Agent for Slow {
             .trim()
             .parse()
             .map_err(|_| AgentError::Fatal(format!("slow: '{prompt}' is not a number")))?;
+        // Deliberately slow: what the tests of steps in flight need.
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(json!({ "text": prompt }))
     }
@@ -67,6 +68,7 @@ impl Agent for Streamer {
             if let Some(d) = deltas {
                 let _ = d.send(piece);
             }
+            // Pieces apart in time, as a model streams them.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(json!({ "text": text }))

@@ -70,21 +70,18 @@ impl Browser {
         };
         // Chromium writes its DevTools port and path once it listens.
         let active = dir.join("DevToolsActivePort");
-        let started = Instant::now();
-        let (port, path) = loop {
-            if let Ok(text) = std::fs::read_to_string(&active) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    break (port.to_owned(), path.to_owned());
-                }
+        let (port, path) = crate::eventually(ANSWER, || async {
+            let text = std::fs::read_to_string(&active).unwrap_or_default();
+            let mut lines = text.lines();
+            match (lines.next(), lines.next()) {
+                (Some(port), Some(path)) => Ok((port.to_owned(), path.to_owned())),
+                _ => Err(format!(
+                    "{program} did not open its DevTools port; log:\n{}",
+                    std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default()
+                )),
             }
-            assert!(
-                started.elapsed() < ANSWER,
-                "{program} did not open its DevTools port; log:\n{}",
-                std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        })
+        .await;
         let url = format!("ws://127.0.0.1:{port}{path}");
         let (devtools, _) = tokio::time::timeout(ANSWER, tokio_tungstenite::connect_async(url))
             .await
@@ -180,6 +177,7 @@ impl Browser {
 
     /// Evaluates `expr` every 100 ms until `done` accepts its value, and
     /// returns that value; panics with the last value after `timeout`.
+    /// (Its own loop, not `eventually`: each look needs `&mut self`.)
     pub async fn wait_for(&mut self, expr: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {

@@ -8,10 +8,12 @@ pub mod process;
 pub mod stub;
 pub mod ws;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use workflows::clock::{Clock, ManualClock};
 use workflows::config::Config;
 use workflows::http::app::{AppState, Application};
 
@@ -24,6 +26,17 @@ pub fn backend_url() -> Option<String> {
 
 pub fn is_postgres() -> bool {
     backend_url().is_some_and(|u| u.starts_with("postgres"))
+}
+
+/// The first line of a PostgreSQL-only test, which is also
+/// `#[ignore = "needs PostgreSQL: …"]`: run on SQLite (asked for with
+/// `--include-ignored`), it fails rather than passing without testing.
+pub fn require_postgres() {
+    assert!(
+        is_postgres(),
+        "this test needs PostgreSQL (several instances share one database): \
+         set TEST_DATABASE_URL=postgres://…, or leave out --include-ignored on SQLite"
+    );
 }
 
 /// A database made for one test and dropped after it.
@@ -135,14 +148,41 @@ impl Drop for TestDb {
     }
 }
 
+/// Calls `check` every 25 ms until it gives `Ok`, for at most `within`;
+/// then fails the test with the last `Err` (what was seen instead). How
+/// tests wait for something the server does in the background.
+pub async fn eventually<T, E, F, Fut>(within: Duration, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("gave up after {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// A manual clock at the current time, for `TestApp::spawn_with_clock`.
+pub fn manual_clock() -> ManualClock {
+    ManualClock::starting_at(chrono::Utc::now().naive_utc())
+}
+
 /// A running server on its own database.
 pub struct TestApp {
     pub base: String,
     pub state: Arc<AppState>,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    // Dropped last: the server goes first.
-    _db: TestDb,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    // Dropped last: the server goes first. Shared with `another` server.
+    db: Arc<TestDb>,
 }
 
 impl TestApp {
@@ -159,18 +199,51 @@ impl TestApp {
         configure: impl FnOnce(&mut Config),
         registry: workflows::engine::agents::AgentRegistry,
     ) -> Self {
-        let db = TestDb::create().await;
+        Self::start(Arc::new(TestDb::create().await), configure, registry, Clock::system()).await
+    }
+
+    /// A server whose scheduler, leases and retention go by `clock`, which
+    /// the test moves on.
+    pub async fn spawn_with_clock(configure: impl FnOnce(&mut Config), clock: &ManualClock) -> Self {
+        Self::spawn_with_agents_and_clock(configure, agents::registry(), clock).await
+    }
+
+    pub async fn spawn_with_agents_and_clock(
+        configure: impl FnOnce(&mut Config),
+        registry: workflows::engine::agents::AgentRegistry,
+        clock: &ManualClock,
+    ) -> Self {
+        Self::start(Arc::new(TestDb::create().await), configure, registry, clock.clock()).await
+    }
+
+    /// Another server on this one's database (a second instance), going by `clock`.
+    pub async fn another(&self, configure: impl FnOnce(&mut Config), clock: &ManualClock) -> Self {
+        Self::spawn_on(self.db.clone(), configure, clock).await
+    }
+
+    /// A server on the database of one that was `stop`ped (it restarted),
+    /// going by `clock`.
+    pub async fn spawn_on(db: Arc<TestDb>, configure: impl FnOnce(&mut Config), clock: &ManualClock) -> Self {
+        Self::start(db, configure, agents::registry(), clock.clock()).await
+    }
+
+    async fn start(
+        db: Arc<TestDb>,
+        configure: impl FnOnce(&mut Config),
+        registry: workflows::engine::agents::AgentRegistry,
+        clock: Clock,
+    ) -> Self {
         let mut config = Config::for_database(db.url.clone());
         config.jwt_secret = Some(SECRET.into());
         config.database_max_connections = 8;
         configure(&mut config);
-        let app = Application::build_with_agents(config, registry)
+        let app = Application::build_with_clock(config, registry, clock)
             .await
             .expect("server builds");
         let base = format!("http://{}", app.addr);
         let state = app.state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async {
+        let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         let client = reqwest::Client::builder()
@@ -182,8 +255,21 @@ impl TestApp {
             state,
             client,
             shutdown: Some(tx),
-            _db: db,
+            server: Some(server),
+            db,
         }
+    }
+
+    /// Shuts the server down as `workflows serve` does on SIGTERM and waits
+    /// until it has; returns its database, for `spawn_on`.
+    pub async fn stop(mut self) -> Arc<TestDb> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server shut down cleanly");
+        }
+        self.db.clone()
     }
 
     /// The server's own database connection (statements on it are counted).
@@ -262,6 +348,27 @@ impl TestApp {
         let body = self.gql(token, query, variables).await;
         assert!(body.get("errors").is_none(), "unexpected errors: {body}");
         body["data"].clone()
+    }
+
+    /// Waits until `n` more subscriptions than `before` (an earlier
+    /// `subscribers()`) listen to the server's events: a subscription is in
+    /// place once its resolver has run, a moment after the server read it.
+    pub async fn wait_subscribed(&self, before: usize, n: usize) {
+        let bus = self.state.engine.bus();
+        eventually(Duration::from_secs(10), || async {
+            let now = bus.subscribers();
+            if now >= before + n {
+                Ok(())
+            } else {
+                Err(format!("{now} subscribers"))
+            }
+        })
+        .await
+    }
+
+    /// Subscribers to the server's events now (see `wait_subscribed`).
+    pub fn subscribers(&self) -> usize {
+        self.state.engine.bus().subscribers()
     }
 
     /// SQL statements the server has sent so far.

@@ -62,15 +62,14 @@ impl ServerProcess {
             log,
         };
         let client = reqwest::Client::new();
-        for _ in 0..300 {
-            if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await {
-                if r.status().is_success() {
-                    return server;
-                }
+        crate::eventually(Duration::from_secs(15), || async {
+            match client.get(format!("{}/readyz", server.base)).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                _ => Err(format!("server not ready; log:\n{}", server.log_text())),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server did not become ready; log:\n{}", server.log_text());
+        })
+        .await;
+        server
     }
 
     pub fn log_text(&self) -> String {

@@ -87,6 +87,7 @@ async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: St
                 let mut flag = DropFlag(stub.clone(), false);
                 for p in pieces {
                     yield Ok::<_, std::convert::Infallible>(chunk(json!({"model": "stub-model", "choices": [{"index": 0, "delta": {"content": p}}]})));
+                    // The scripted pace of the stream, not synchronization.
                     tokio::time::sleep(delay).await;
                 }
                 yield Ok(chunk(json!({"model": "stub-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})));
@@ -107,6 +108,8 @@ async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: St
                     let at = event.char_indices().find(|(_, c)| c.len_utf8() > 1).map(|(i, _)| i + 1).expect("a piece with a multi-byte character");
                     let bytes = event.into_bytes();
                     yield Ok::<_, std::convert::Infallible>(bytes[..at].to_vec());
+                    // A pause between the halves, so they reach the client
+                    // in separate reads.
                     tokio::time::sleep(delay).await;
                     yield Ok(bytes[at..].to_vec());
                 }

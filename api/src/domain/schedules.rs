@@ -32,7 +32,13 @@ pub struct ScheduleChanges {
     pub enabled: Option<bool>,
 }
 
-pub async fn create(db: &impl ConnectionTrait, new: NewSchedule) -> Result<schedule::Model, DbErr> {
+/// The first due time is the next one after `clock_now`, the time the
+/// scheduler goes by (`Engine::clock`).
+pub async fn create(
+    db: &impl ConnectionTrait,
+    new: NewSchedule,
+    clock_now: NaiveDateTime,
+) -> Result<schedule::Model, DbErr> {
     let at = now();
     let row = schedule::Model {
         id: new_id(),
@@ -43,7 +49,7 @@ pub async fn create(db: &impl ConnectionTrait, new: NewSchedule) -> Result<sched
         timezone: new.schedule.timezone().to_owned(),
         context: new.context,
         enabled: new.enabled,
-        next_run_at: new.enabled.then(|| new.schedule.next_after(at)).flatten(),
+        next_run_at: new.enabled.then(|| new.schedule.next_after(clock_now)).flatten(),
         last_run_at: None,
         last_execution_id: None,
         last_error: None,
@@ -57,12 +63,13 @@ pub async fn create(db: &impl ConnectionTrait, new: NewSchedule) -> Result<sched
 }
 
 /// Applies `changes`. A new cron or time zone, or enabling, sets the next
-/// due time from now (times missed while disabled are not made up);
+/// due time from `clock_now` (times missed while disabled are not made up);
 /// disabling clears it.
 pub async fn update(
     db: &impl ConnectionTrait,
     current: &schedule::Model,
     changes: ScheduleChanges,
+    clock_now: NaiveDateTime,
 ) -> Result<schedule::Model, DbErr> {
     let at = now();
     let mut row = current.clone();
@@ -78,7 +85,7 @@ pub async fn update(
     if !row.enabled {
         row.next_run_at = None;
     } else if changes.timing_changed || enabling || row.next_run_at.is_none() {
-        row.next_run_at = changes.schedule.next_after(at);
+        row.next_run_at = changes.schedule.next_after(clock_now);
     }
     row.updated_at = at;
     let active = schedule::ActiveModel {

@@ -476,6 +476,7 @@ impl Mutation {
                 context,
                 enabled: input.enabled.unwrap_or(true),
             },
+            engine(ctx).clock().now(),
         )
         .await
         .map_err(ApiError::from)?;
@@ -514,6 +515,7 @@ impl Mutation {
                 context,
                 enabled: input.enabled,
             },
+            engine(ctx).clock().now(),
         )
         .await
         .map_err(ApiError::from)?;

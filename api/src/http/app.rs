@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 pub use super::state::AppState;
 use super::{graphiql, ws};
 use crate::auth::JwtKeys;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::limits::DataLimits;
 use crate::db::{self};
@@ -58,6 +59,12 @@ impl Application {
 
     /// Like `build`, with the agents given (tests add their own).
     pub async fn build_with_agents(config: Config, agents: AgentRegistry) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, agents, Clock::system()).await
+    }
+
+    /// Like `build_with_agents`, with the clock that the scheduler, leases
+    /// and retention go by (tests move a manual one).
+    pub async fn build_with_clock(config: Config, agents: AgentRegistry, clock: Clock) -> anyhow::Result<Self> {
         let agents = Arc::new(agents);
         let (db, statements) = db::connect(&config.database_url, config.database_max_connections).await?;
         db::migrate(&db).await?;
@@ -80,7 +87,7 @@ impl Application {
             max_parallel_steps: config.max_parallel_steps.max(1),
             snapshot_retry: Duration::from_secs(config.subscription_retry_seconds),
         };
-        let engine = Engine::new(db.clone(), agents.clone(), bus, settings);
+        let engine = Engine::new(db.clone(), agents.clone(), bus, settings, clock.clone());
         // Limits first: runs taken over in the background obey them too.
         let data_limits = DataLimits::from(&config.limits);
         engine.set_limits(data_limits);
@@ -111,6 +118,7 @@ impl Application {
             config.retention_days,
             Duration::from_secs(config.retention_sweep_seconds),
             metrics.clone(),
+            clock,
         ));
         retention.clone().spawn(closing.clone());
         let stats_fold = Arc::new(StatsFold::new(db.clone(), config.stats_fold_seconds));

@@ -14,6 +14,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// Executions deleted per transaction.
@@ -44,15 +45,18 @@ pub struct Retention {
     max_age: Option<chrono::Duration>,
     every: Duration,
     metrics: Arc<Metrics>,
+    /// What "older than" is measured on, and the wait between sweeps.
+    clock: Clock,
 }
 
 impl Retention {
-    pub fn new(db: DatabaseConnection, days: u32, every: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: DatabaseConnection, days: u32, every: Duration, metrics: Arc<Metrics>, clock: Clock) -> Self {
         Self {
             db,
             max_age: (days > 0).then(|| chrono::Duration::days(i64::from(days))),
             every: every.max(Duration::from_secs(1)),
             metrics,
+            clock,
         }
     }
 
@@ -63,7 +67,7 @@ impl Retention {
         let Some(age) = self.max_age else {
             return Ok(0);
         };
-        let cutoff = crate::domain::now() - age;
+        let cutoff = self.clock.now() - age;
         let mut total = 0;
         loop {
             let Some(n) = self.delete_batch(EXECUTIONS, cutoff, BATCH).await? else {
@@ -141,7 +145,7 @@ impl Retention {
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.every) => {}
+                    _ = self.clock.sleep(self.every) => {}
                 }
             }
         });

@@ -20,7 +20,7 @@ use sea_orm::{DbErr, TransactionTrait};
 use crate::core::cron::Schedule;
 use crate::domain::access::Access;
 use crate::domain::schedules::{self, Fire};
-use crate::domain::{executions, now, templates, users};
+use crate::domain::{executions, templates, users};
 use crate::engine::runner::{Engine, Launch};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -52,7 +52,7 @@ impl Scheduler {
             loop {
                 tokio::select! {
                     _ = stopping.cancelled() => return,
-                    _ = tokio::time::sleep(scheduler.poll) => {}
+                    _ = scheduler.engine.clock().sleep(scheduler.poll) => {}
                 }
                 if let Err(e) = scheduler.tick().await {
                     tracing::warn!(error = %e, "firing due schedules failed; trying again at the next look");
@@ -64,7 +64,7 @@ impl Scheduler {
     /// Fires every schedule due now (up to a batch); returns how many due
     /// times this instance claimed. Errs only when the due ones cannot be read.
     pub async fn tick(&self) -> Result<usize, DbErr> {
-        let due = schedules::due(self.engine.db(), now(), BATCH).await?;
+        let due = schedules::due(self.engine.db(), self.engine.clock().now(), BATCH).await?;
         let mut claimed = 0;
         for s in due {
             if self.engine.stopping().is_cancelled() {
@@ -97,7 +97,7 @@ impl Scheduler {
         };
         // After now, not after the due time: a schedule that was due many
         // times while no instance ran fires once, then moves on.
-        let next = spec.next_after(now().max(due_at));
+        let next = spec.next_after(self.engine.clock().now().max(due_at));
         let Some(template) = templates::find(db, &s.template_id).await? else {
             return Ok(false); // Deleted since: its schedules went with it.
         };

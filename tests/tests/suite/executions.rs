@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use workflows_tests::TestApp;
+use workflows_tests::{TestApp, eventually};
 
 use crate::{add_member, create_drive, create_template, echo, expect_bad_input, expect_code};
 
@@ -59,17 +59,24 @@ pub async fn execution(app: &TestApp, token: &str, id: &str) -> Value {
 
 /// Polls until the execution has `status` (10 s at most).
 pub async fn wait_for(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    for _ in 0..400 {
+    eventually(Duration::from_secs(10), || async {
         let e = execution(app, token, id).await;
-        if e["status"] == status {
-            return e;
+        if e["status"] == status { Ok(e) } else { Err(e) }
+    })
+    .await
+}
+
+/// Polls until step `index` of the execution is RUNNING (10 s at most).
+pub async fn wait_for_step(app: &TestApp, token: &str, id: &str, index: usize) -> Value {
+    eventually(Duration::from_secs(10), || async {
+        let e = execution(app, token, id).await;
+        if e["steps"][index]["status"] == "RUNNING" {
+            Ok(e)
+        } else {
+            Err(e)
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "execution {id} never became {status}: {}",
-        execution(app, token, id).await
-    );
+    })
+    .await
 }
 
 pub async fn submit(app: &TestApp, token: &str, id: &str, input: Value) -> Value {
@@ -374,17 +381,13 @@ async fn cancel_paused_and_running_runs() {
     )
     .await;
     let id = start(&app, &owner, slow["id"].as_str().unwrap(), json!({})).await;
-    for _ in 0..200 {
-        if execution(&app, &owner, &id).await["steps"][0]["status"] == "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_step(&app, &owner, &id, 0).await;
     let began = std::time::Instant::now();
     let r = cancel(&app, &owner, &id).await;
     assert_eq!(r["data"]["cancelWorkflowExecution"]["status"], "CANCELLED", "{r}");
     assert!(began.elapsed() < Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The cancel answered once its change was stored: read it at once (the
+    // step's agent would take a minute to answer).
     let e = execution(&app, &owner, &id).await;
     assert_eq!(e["status"], "CANCELLED");
     assert_eq!(e["steps"][0]["status"], "FAILED");

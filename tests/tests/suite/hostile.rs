@@ -5,7 +5,7 @@
 use entity::{drive, workflow_execution, workflow_execution_step, workflow_step, workflow_template};
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
-use workflows_tests::TestApp;
+use workflows_tests::{TestApp, eventually};
 
 use crate::{CREATE_TEMPLATE, create_drive, create_template, echo, expect_code};
 
@@ -345,22 +345,8 @@ async fn a_ten_megabyte_input_is_refused() {
         )
         .await;
     let id = data["startWorkflowExecution"]["id"].as_str().unwrap().to_owned();
-    let mut paused = false;
-    for _ in 0..200 {
-        let d = app
-            .ok(
-                &token,
-                "query($id: ID!) { workflowExecution(id: $id) { status } }",
-                json!({"id": id}),
-            )
-            .await;
-        if d["workflowExecution"]["status"] == "PAUSED" {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(paused);
+    let run = settled(&app, &token, &id, "status").await;
+    assert_eq!(run["status"], "PAUSED", "{run}");
     let before = rows(&app).await;
     let body = app
         .gql(
@@ -424,21 +410,7 @@ async fn prompts_with_unbalanced_or_nested_braces_run_as_documented() {
         )
         .await;
     let id = data["startWorkflowExecution"]["id"].as_str().unwrap().to_owned();
-    let mut run = Value::Null;
-    for _ in 0..200 {
-        let d = app
-            .ok(
-                &token,
-                "query($id: ID!) { workflowExecution(id: $id) { status errorMessage steps { agentOutput } } }",
-                json!({"id": id}),
-            )
-            .await;
-        run = d["workflowExecution"].clone();
-        if run["status"] != "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let run = settled(&app, &token, &id, "status errorMessage steps { agentOutput }").await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     let mut ctx = context.clone();
     for (i, p) in prompts.iter().enumerate() {
@@ -467,26 +439,20 @@ async fn prompts_with_unbalanced_or_nested_braces_run_as_documented() {
         )
         .await;
     let id = data["startWorkflowExecution"]["id"].as_str().unwrap().to_owned();
-    for _ in 0..200 {
-        let d = app
-            .ok(
-                &token,
-                "query($id: ID!) { workflowExecution(id: $id) { status errorMessage } }",
-                json!({"id": id}),
-            )
-            .await;
-        if d["workflowExecution"]["status"] == "FAILED" {
-            assert!(
-                d["workflowExecution"]["errorMessage"]
-                    .as_str()
-                    .unwrap()
-                    .contains("'missing'")
-            );
-            return assert_healthy(&app, &token).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the run with a missing variable did not fail");
+    let run = settled(&app, &token, &id, "status errorMessage").await;
+    assert_eq!(run["status"], "FAILED", "the run with a missing variable fails: {run}");
+    assert!(run["errorMessage"].as_str().unwrap().contains("'missing'"), "{run}");
+    assert_healthy(&app, &token).await
+}
+
+/// Polls the execution's `fields` until it is no longer RUNNING (10 s at most).
+async fn settled(app: &TestApp, token: &str, id: &str, fields: &str) -> Value {
+    let query = format!("query($id: ID!) {{ workflowExecution(id: $id) {{ {fields} }} }}");
+    eventually(std::time::Duration::from_secs(10), || async {
+        let run = app.ok(token, &query, json!({"id": id})).await["workflowExecution"].clone();
+        if run["status"] == "RUNNING" { Err(run) } else { Ok(run) }
+    })
+    .await
 }
 
 /// Strings that break naive SQL, LIKE patterns or JSON paths.
@@ -593,21 +559,13 @@ async fn sql_like_strings_are_plain_text_everywhere() {
             )
             .await;
         let id = data["startWorkflowExecution"]["id"].as_str().unwrap().to_owned();
-        let mut done = Value::Null;
-        for _ in 0..200 {
-            let d = app
-                .ok(
-                    &token,
-                    "query($id: ID!) { workflowExecution(id: $id) { status accumulatedContext steps { status agentOutput } } }",
-                    json!({"id": id}),
-                )
-                .await;
-            done = d["workflowExecution"].clone();
-            if done["status"] != "RUNNING" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        let done = settled(
+            &app,
+            &token,
+            &id,
+            "status accumulatedContext steps { status agentOutput }",
+        )
+        .await;
         assert_eq!(done["status"], "COMPLETED", "{done}");
         // The condition `v != s` is false: the step is skipped, and the context is as given.
         assert_eq!(done["steps"][0]["status"], "SKIPPED");

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use workflows_tests::process::{ServerProcess, token};
 use workflows_tests::stub::{Reply, Stub, stub};
 use workflows_tests::ws::{Incoming, Protocol, WsClient};
-use workflows_tests::{TestDb, is_postgres};
+use workflows_tests::{TestDb, eventually, require_postgres};
 
 const FAST: [(&str, &str); 2] = [("LEASE_SECONDS", "3"), ("SWEEP_SECONDS", "1")];
 
@@ -83,35 +83,31 @@ async fn execution(server: &ServerProcess, owner: &str, id: &str) -> Value {
 }
 
 async fn wait_for(server: &ServerProcess, owner: &str, id: &str, status: &str, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    eventually(within, || async {
         let e = execution(server, owner, id).await;
         if e["status"] == status {
-            return e;
+            Ok(e)
+        } else {
+            Err(format!("not {status}: {e}"))
         }
-        if tokio::time::Instant::now() > deadline {
-            panic!("execution {id} is {} after {within:?}, not {status}: {e}", e["status"]);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn wait_requests(stub: &Arc<Stub>, n: usize) {
-    for _ in 0..400 {
-        if stub.request_count() >= n {
-            return;
+    eventually(Duration::from_secs(10), || async {
+        match stub.request_count() {
+            got if got >= n => Ok(()),
+            got => Err(format!("the stub got {got} requests, not {n}")),
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the stub never got {n} requests");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn a_subscriber_on_one_instance_sees_a_run_on_another_in_order() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![pieces(6, 150)]).await;
     let agents = agents_file(&url);
@@ -189,11 +185,9 @@ async fn a_subscriber_on_one_instance_sees_a_run_on_another_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn a_killed_instance_s_run_is_finished_by_another() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![pieces(40, 250), pieces(2, 0)]).await;
     let agents = agents_file(&url);
@@ -247,11 +241,9 @@ async fn a_restarted_server_finishes_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn sigterm_finishes_the_step_in_flight_and_hands_the_run_over() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![pieces(8, 200)]).await;
     let agents = agents_file(&url);
@@ -329,11 +321,9 @@ async fn a_lease_swept_back_by_its_own_instance_runs_each_step_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn many_runs_split_across_two_instances_each_step_once() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![]).await;
     *stub.fallback.lock().unwrap() = Some(pieces(1, 0));
@@ -386,11 +376,9 @@ async fn many_runs_split_across_two_instances_each_step_once() {
 /// order, sequences rising by one from the run's first event, including a
 /// step whose prompt and output are too large to travel in a NOTIFY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let a = ServerProcess::start(&db.url, None, &FAST).await;
     let b = ServerProcess::start(&db.url, None, &FAST).await;
@@ -421,8 +409,22 @@ async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
         json!({"d": drive}),
     )
     .await;
-    // The subscription is in place once the server has read it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The subscription is in place, and B follows the drive's runs on A,
+    // once a run on A shows up in it: start small runs until one does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut probes = Vec::new();
+    loop {
+        probes.push(start(&a, &owner, &t, json!({"topic": "probe", "big": "-"})).await);
+        if let Some(Incoming::Next(_)) = ws.next("1", Duration::from_millis(500)).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B shows none of A's runs\nA:\n{}\nB:\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+    }
     let big = "é".repeat(5000); // 10,000 bytes: more than a NOTIFY carries
     let id = start(&a, &owner, &t, json!({"topic": "x", "big": big})).await;
 
@@ -432,6 +434,9 @@ async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
             Some(Incoming::Next(p)) => {
                 assert!(p.get("errors").is_none(), "{p}");
                 let e = p["data"]["driveWorkflowExecutionEvents"].clone();
+                if probes.iter().any(|p| e["execution"]["id"] == p.as_str()) {
+                    continue;
+                }
                 assert_eq!(e["execution"]["id"], id.as_str());
                 let done = e["kind"] == "EXECUTION_UPDATED" && e["execution"]["status"] == "COMPLETED";
                 events.push(e);
@@ -519,11 +524,9 @@ async fn the_drive_feed_on_another_instance_shows_each_event_s_own_state() {
 /// A run taken over in the middle of a parallel group re-runs only the
 /// group's steps that had not COMPLETED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![pieces(40, 250), pieces(40, 250), pieces(2, 0), pieces(2, 0)]).await;
     let agents = agents_file(&url);
@@ -543,8 +546,7 @@ async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
     wait_requests(&stub, 2).await;
     // The quick step's answer is stored a moment after the slow ones were
     // asked (later still on a loaded machine); they take 10 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let before = loop {
+    let before = eventually(Duration::from_secs(6), || async {
         let e = execution(&b, &owner, &id).await;
         let statuses: Vec<&str> = e["steps"]
             .as_array()
@@ -553,14 +555,12 @@ async fn a_group_taken_over_reruns_only_its_unfinished_steps() {
             .map(|s| s["status"].as_str().unwrap())
             .collect();
         if statuses == ["COMPLETED", "RUNNING", "RUNNING", "PENDING"] {
-            break e;
+            return Ok(e);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline && statuses == ["RUNNING", "RUNNING", "RUNNING", "PENDING"],
-            "{e}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        assert_eq!(statuses, ["RUNNING", "RUNNING", "RUNNING", "PENDING"], "{e}");
+        Err(e)
+    })
+    .await;
     a.kill9().await;
 
     let done = wait_for(&b, &owner, &id, "COMPLETED", Duration::from_secs(30)).await;
@@ -669,11 +669,9 @@ fn group_snapshot_failures(server: &ServerProcess) -> usize {
 /// the run to COMPLETED without a gap (a fresh SNAPSHOT may jump ahead),
 /// never a stream that stops quietly mid-run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn subscribers_see_the_run_to_its_end_across_the_database_going_away() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![]).await;
     // A step cut off by the outage runs again, quickly.
@@ -780,11 +778,9 @@ async fn subscribers_see_the_run_to_its_end_across_the_database_going_away() {
 /// with `complete`; resubscribed once the database is back, the subscriber
 /// sees the run to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn subscriptions_end_with_an_error_when_the_database_stays_away() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
-    }
+    require_postgres();
     let db = TestDb::create().await;
     let (stub, url) = stub(vec![pieces(40, 100)]).await;
     *stub.fallback.lock().unwrap() = Some(pieces(3, 20));

@@ -2,7 +2,7 @@
 //! its setting; each can be changed; GraphiQL still works under the defaults.
 
 use serde_json::{Value, json};
-use workflows_tests::{TestApp, error_code};
+use workflows_tests::{TestApp, error_code, eventually};
 
 use crate::{create_drive, create_template, echo, expect_bad_input, expect_code};
 
@@ -338,7 +338,7 @@ async fn template_and_prompt_size_limits() {
 }
 
 async fn wait_status(app: &TestApp, token: &str, id: &str, want: &str) -> Value {
-    for _ in 0..200 {
+    eventually(std::time::Duration::from_secs(10), || async {
         let data = app
             .ok(
                 token,
@@ -347,12 +347,10 @@ async fn wait_status(app: &TestApp, token: &str, id: &str, want: &str) -> Value 
                 json!({"id": id}),
             )
             .await;
-        if data["workflowExecution"]["status"] == want {
-            return data["workflowExecution"].clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("execution {id} never became {want}");
+        let e = data["workflowExecution"].clone();
+        if e["status"] == want { Ok(e) } else { Err(e) }
+    })
+    .await
 }
 
 const START: &str = "mutation($t: ID!, $c: JSON) { startWorkflowExecution(templateId: $t, context: $c) { id status } }";

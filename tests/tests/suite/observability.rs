@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use workflows_tests::{SECRET, TestApp};
+use workflows_tests::{SECRET, TestApp, eventually};
 
 use crate::{create_drive, create_template, echo};
 
@@ -267,8 +267,16 @@ async fn metrics_count_requests_runs_steps_and_subscriptions() {
         json!({"d": drive}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let during = scrape(&app).await;
+    // Counted once the server has read the subscription.
+    let during = eventually(Duration::from_secs(10), || async {
+        let text = scrape(&app).await;
+        if sample(&text, "workflows_active_subscriptions") > 0.0 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
     assert_eq!(sample(&during, "workflows_active_subscriptions"), 1.0, "{during}");
     assert_eq!(sample(&during, "workflows_websocket_connections"), 1.0, "{during}");
 
@@ -277,8 +285,7 @@ async fn metrics_count_requests_runs_steps_and_subscriptions() {
     let a = app.ok(&token, start, json!({"t": t["id"]})).await["startWorkflowExecution"]["id"].clone();
     let b = app.ok(&token, start, json!({"t": f["id"]})).await["startWorkflowExecution"]["id"].clone();
     for (id, want) in [(a, "COMPLETED"), (b, "FAILED")] {
-        let mut status = Value::Null;
-        for _ in 0..200 {
+        eventually(Duration::from_secs(10), || async {
             let d = app
                 .ok(
                     &token,
@@ -286,17 +293,35 @@ async fn metrics_count_requests_runs_steps_and_subscriptions() {
                     json!({"id": id}),
                 )
                 .await;
-            status = d["workflowExecution"]["status"].clone();
-            if status == want {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert_eq!(status, want);
+            let status = &d["workflowExecution"]["status"];
+            if status == want { Ok(()) } else { Err(status.clone()) }
+        })
+        .await;
     }
+    // The connection is closed, and the last step counted (the step
+    // observer runs after the write the status was read from), a moment
+    // after the client let go and the run ended.
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = scrape(&app).await;
+    let after = eventually(Duration::from_secs(10), || async {
+        let text = scrape(&app).await;
+        let settled = sample(&text, "workflows_websocket_connections") == 0.0
+            && sample(
+                &text,
+                r#"workflows_step_duration_seconds_count{agent="fail",outcome="failed"}"#,
+            ) > sample(
+                &before,
+                r#"workflows_step_duration_seconds_count{agent="fail",outcome="failed"}"#,
+            )
+            && sample(
+                &text,
+                r#"workflows_step_duration_seconds_count{agent="echo",outcome="completed"}"#,
+            ) >= sample(
+                &before,
+                r#"workflows_step_duration_seconds_count{agent="echo",outcome="completed"}"#,
+            ) + 2.0;
+        if settled { Ok(text) } else { Err(text) }
+    })
+    .await;
 
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
     assert_eq!(

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use workflows::engine::agents::AgentRegistry;
-use workflows_tests::TestApp;
-use workflows_tests::stub::{Reply, stub};
+use workflows_tests::stub::{Reply, Stub, stub};
 use workflows_tests::ws::{Protocol, WsClient};
+use workflows_tests::{TestApp, eventually};
 
 use crate::create_drive;
 use crate::create_template;
@@ -88,7 +88,10 @@ async fn streams_the_answer_to_subscribers_and_stores_it_once() {
     let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
     let id = paused_run(&app, &owner, &t).await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let listening = app.subscribers();
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them.
+    app.wait_subscribed(listening, 1).await;
     assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
     let events: Vec<Value> = ws
         .collect("1", Duration::from_secs(10))
@@ -137,7 +140,10 @@ async fn characters_split_between_network_reads_arrive_whole() {
     let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
     let id = paused_run(&app, &owner, &t).await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
+    let listening = app.subscribers();
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them.
+    app.wait_subscribed(listening, 1).await;
     assert!(submit(&app, &owner, &id, json!({})).await.get("errors").is_none());
     let events = ws.collect("1", Duration::from_secs(10)).await;
     let deltas: String = events
@@ -168,13 +174,7 @@ async fn an_event_that_never_ends_fails_the_attempt_instead_of_filling_memory() 
         "{msg}"
     );
     // The client stopped reading and went away.
-    for _ in 0..200 {
-        if stub.dropped.load(Ordering::SeqCst) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(stub.dropped.load(Ordering::SeqCst));
+    dropped(&stub, "the client still reads the endless event").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,13 +313,7 @@ async fn a_slow_answer_times_out() {
         e["errorMessage"].as_str().unwrap().contains("timed out after 300 ms"),
         "{e}"
     );
-    for _ in 0..100 {
-        if stub.dropped.load(Ordering::SeqCst) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the timed-out request was not aborted");
+    dropped(&stub, "the timed-out request was not aborted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,28 +323,33 @@ async fn cancel_aborts_the_request_in_flight() {
     let t = reviewer_template(&app, &owner, &drive, Value::Null).await;
     let id = paused_run(&app, &owner, &t).await;
     submit(&app, &owner, &id, json!({})).await;
-    for _ in 0..200 {
-        if !stub.requests.lock().unwrap().is_empty() {
-            break;
+    eventually(Duration::from_secs(10), || async {
+        match stub.requests.lock().unwrap().len() {
+            0 => Err("no request reached the provider"),
+            _ => Ok(()),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    // In flight (the stub never answers) until the cancel below.
     assert!(!stub.dropped.load(Ordering::SeqCst));
     let r = cancel(&app, &owner, &id).await;
     assert_eq!(r["data"]["cancelWorkflowExecution"]["status"], "CANCELLED", "{r}");
-    let mut aborted = false;
-    for _ in 0..100 {
-        if stub.dropped.load(Ordering::SeqCst) {
-            aborted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(aborted, "the request in flight was not aborted");
+    dropped(&stub, "the request in flight was not aborted").await;
     let e = execution(&app, &owner, &id).await;
     assert_eq!(e["steps"][1]["status"], "FAILED");
     assert_eq!(e["steps"][1]["errorMessage"], "cancelled");
+}
+
+/// Waits until the server has dropped its request to the stub.
+async fn dropped(stub: &Stub, otherwise: &str) {
+    eventually(Duration::from_secs(10), || async {
+        if stub.dropped.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(otherwise)
+        }
+    })
+    .await
 }
 
 /// Everything the server logs, from the moment this is first called.

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use workflows_tests::TestApp;
 use workflows_tests::agents::counter_calls;
 use workflows_tests::ws::{Protocol, WsClient};
+use workflows_tests::{TestApp, eventually};
 
 use crate::executions::{cancel, execution, start, submit, wait_for};
 use crate::{add_member, create_drive, create_template, echo, expect_bad_input, expect_code};
@@ -24,9 +24,9 @@ const DRIVE_EVENTS: &str = "subscription($d: ID!) { driveWorkflowExecutionEvents
 /// the first, with sequences rising by one.
 async fn run_and_watch(app: &TestApp, token: &str, drive: &str, template: &str) -> (String, Vec<Value>) {
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, token).await;
+    let listening = app.subscribers();
     ws.subscribe("1", DRIVE_EVENTS, json!({"d": drive})).await;
-    // The subscription is in place once the server has read it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_subscribed(listening, 1).await;
     let id = start(app, token, template, json!({})).await;
     let mut events = Vec::new();
     loop {
@@ -191,13 +191,12 @@ async fn cancel_stops_every_step_of_a_group() {
     )
     .await;
     let id = start(&app, &owner, t["id"].as_str().unwrap(), json!({})).await;
-    for _ in 0..200 {
+    eventually(Duration::from_secs(10), || async {
         let e = execution(&app, &owner, &id).await;
-        if e["steps"].as_array().unwrap().iter().all(|s| s["status"] == "RUNNING") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        let all = e["steps"].as_array().unwrap().iter().all(|s| s["status"] == "RUNNING");
+        if all { Ok(()) } else { Err(e) }
+    })
+    .await;
     let r = cancel(&app, &owner, &id).await;
     assert_eq!(r["data"]["cancelWorkflowExecution"]["status"], "CANCELLED", "{r}");
     let e = execution(&app, &owner, &id).await;

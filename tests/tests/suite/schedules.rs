@@ -2,6 +2,9 @@
 //! their creator, with their context, however many instances are up; a due
 //! time missed while no instance ran starts one run on recovery; a creator
 //! who lost access gets `lastError` and no run.
+//!
+//! The servers here go by a manual clock: a test moves it to a due time and
+//! has the scheduler look (`tick`), rather than waiting for seconds to pass.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
-use workflows_tests::process::{ServerProcess, token};
-use workflows_tests::{TestApp, TestDb, is_postgres};
+use workflows::clock::ManualClock;
+use workflows_tests::{TestApp, eventually, is_postgres, manual_clock, require_postgres};
 
 use crate::{add_member, create_drive, create_template, echo, expect_bad_input, expect_code};
 
@@ -36,10 +39,23 @@ fn time(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A server whose scheduler looks every 100 ms (so a per-second schedule
-/// fires within a tenth of its period).
-async fn fast_app() -> TestApp {
-    TestApp::spawn_with(|c| c.schedule_poll_ms = 100).await
+const SECOND: chrono::Duration = chrono::Duration::seconds(1);
+
+/// A server going by `clock` whose scheduler looks only when the test
+/// calls `tick` (its own loop is off).
+async fn app_on(clock: &ManualClock) -> TestApp {
+    TestApp::spawn_with_clock(|c| c.schedule_poll_ms = 0, clock).await
+}
+
+/// Moves the clock on to `at` and has the scheduler look once; returns how
+/// many due times it claimed.
+async fn tick_at(app: &TestApp, clock: &ManualClock, at: DateTime<Utc>) -> usize {
+    clock.advance_to(at.naive_utc());
+    app.state
+        .scheduler
+        .tick()
+        .await
+        .expect("the scheduler reads the due schedules")
 }
 
 /// A drive owned by `owner` with one public echo template; returns (drive, template).
@@ -68,22 +84,6 @@ fn runs_of(s: &Value) -> Vec<Value> {
     let mut runs = s["executions"]["nodes"].as_array().cloned().unwrap_or_default();
     runs.sort_by_key(|r| time(&r["scheduledFor"]));
     runs
-}
-
-/// Polls the schedule until `done` holds (at most `within`).
-async fn wait_schedule(app: &TestApp, token: &str, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let s = schedule(app, token, id).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached within {within:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn metrics(app: &TestApp) -> String {
@@ -121,7 +121,8 @@ pub async fn make_due(db: &sea_orm::DatabaseConnection, id: &str, ago: chrono::D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_every_second_starts_one_run_a_second_with_its_context() {
-    let app = fast_app().await;
+    let clock = manual_clock();
+    let app = app_on(&clock).await;
     let owner = app.user("owner").await;
     let (drive, template) = drive_and_template(&app, &owner).await;
 
@@ -152,24 +153,30 @@ async fn a_schedule_every_second_starts_one_run_a_second_with_its_context() {
     );
     assert!(s["lastRunAt"].is_null() && s["lastError"].is_null(), "{s}");
     let next = time(&s["nextRunAt"]);
-    assert!(next > Utc::now() - chrono::Duration::seconds(1) && next <= Utc::now() + chrono::Duration::seconds(1));
+    let now = clock.now().and_utc();
+    assert!(next > now && next <= now + SECOND, "the next second after {now}: {s}");
     let previews: Vec<DateTime<Utc>> = s["nextRuns"].as_array().unwrap().iter().map(time).collect();
     assert_eq!(previews.len(), 3);
     assert!(
-        previews.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)),
+        previews[0] == next && previews.windows(2).all(|w| w[1] - w[0] == SECOND),
         "{previews:?}"
     );
 
-    let s = wait_schedule(&app, &owner, &id, Duration::from_secs(10), |s| {
-        s["executions"]["totalCount"].as_i64().unwrap_or(0) >= 3
-    })
-    .await;
+    // Each due time starts one run when the clock reaches it: not a moment
+    // before, and not again.
+    for k in 0..3 {
+        let due = next + SECOND * k;
+        assert_eq!(tick_at(&app, &clock, due - chrono::Duration::milliseconds(1)).await, 0);
+        assert_eq!(tick_at(&app, &clock, due).await, 1, "due at {due}");
+        assert_eq!(app.state.scheduler.tick().await.unwrap(), 0, "fired once");
+        let s = schedule(&app, &owner, &id).await;
+        assert_eq!(s["executions"]["totalCount"], k + 1, "{s}");
+        assert_eq!(time(&s["nextRunAt"]), due + SECOND, "{s}");
+    }
+    let s = schedule(&app, &owner, &id).await;
     let runs = runs_of(&s);
     let due: Vec<DateTime<Utc>> = runs.iter().map(|r| time(&r["scheduledFor"])).collect();
-    assert!(
-        due.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)),
-        "one run per second, none twice: {due:?}"
-    );
+    assert_eq!(due, [next, next + SECOND, next + SECOND * 2], "one run per due time");
     assert!(
         due.iter().all(|d| d.timestamp_subsec_micros() == 0),
         "due times are whole seconds: {due:?}"
@@ -178,19 +185,10 @@ async fn a_schedule_every_second_starts_one_run_a_second_with_its_context() {
         assert_eq!(r["scheduleId"], json!(id), "{r}");
         assert_eq!(r["userId"], "owner", "runs start as the creator: {r}");
         assert_eq!(r["accumulatedContext"]["who"], "cron", "{r}");
-        assert!(
-            time(&r["createdAt"]) >= time(&r["scheduledFor"]),
-            "never before its due time: {r}"
-        );
     }
     assert!(!s["lastRunAt"].is_null() && s["lastError"].is_null(), "{s}");
-    // (Read before the runs: a run fired in between may be for that time.)
-    assert!(
-        time(&s["nextRunAt"]) >= time(&runs.last().unwrap()["scheduledFor"]),
-        "{s}"
-    );
 
-    // A run goes like any other: the first one has completed by now.
+    // A run goes like any other.
     let first = runs[0]["id"].as_str().unwrap();
     let done = crate::executions::wait_for(&app, &owner, first, "COMPLETED").await;
     assert_eq!(done["steps"][0]["agentOutput"]["text"], "hello cron", "{done}");
@@ -208,7 +206,7 @@ async fn a_schedule_every_second_starts_one_run_a_second_with_its_context() {
     assert_eq!(listed["workflowSchedules"]["nodes"][0]["id"], json!(id));
     assert_eq!(listed["workflowTemplate"]["schedules"][0]["id"], json!(id));
     let text = metrics(&app).await;
-    assert!(metric(&text, "workflows_schedule_fires_started_total") >= 3.0, "{text}");
+    assert_eq!(metric(&text, "workflows_schedule_fires_started_total"), 3.0, "{text}");
 
     // Deleted: no more runs, and the runs it started stay without it.
     let del = app.ok(&owner, DELETE, json!({ "id": id })).await;
@@ -223,6 +221,40 @@ async fn a_schedule_every_second_starts_one_run_a_second_with_its_context() {
         .await;
     assert!(e["workflowExecution"]["scheduleId"].is_null(), "{e}");
     assert!(!e["workflowExecution"]["scheduledFor"].is_null(), "{e}");
+    // Its next due time passes without a run.
+    assert_eq!(tick_at(&app, &clock, next + SECOND * 5).await, 0);
+    let all = app
+        .ok(
+            &owner,
+            "query($t: ID!) { workflowExecutions(filter: { templateId: $t }) { totalCount } }",
+            json!({ "t": template }),
+        )
+        .await;
+    assert_eq!(all["workflowExecutions"]["totalCount"], 3, "{all}");
+}
+
+/// The scheduler's own loop looks each time the server's clock has moved on
+/// by `SCHEDULE_POLL_MS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_looks_whenever_its_clock_has_moved_on_by_the_poll_interval() {
+    let clock = manual_clock();
+    let app = TestApp::spawn_with_clock(|c| c.schedule_poll_ms = 100, &clock).await;
+    let owner = app.user("owner").await;
+    let (_, template) = drive_and_template(&app, &owner).await;
+    let s = create(&app, &owner, json!({ "templateId": template, "cron": EVERY_SECOND })).await;
+    let (id, next) = (s["id"].as_str().unwrap(), time(&s["nextRunAt"]));
+    // Nothing but the clock moves time on (a look that is still going on
+    // when it moves waits for the next move: moving on again wakes it).
+    let run = eventually(Duration::from_secs(20), || async {
+        clock.advance(Duration::from_millis(100));
+        let s = schedule(&app, &owner, id).await;
+        match runs_of(&s).first() {
+            Some(run) => Ok(run.clone()),
+            None => Err(s),
+        }
+    })
+    .await;
+    assert_eq!(time(&run["scheduledFor"]), next, "{run}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +270,8 @@ async fn many_instances_claiming_one_due_time_start_one_run() {
     )
     .await;
     let id = s["id"].as_str().unwrap().to_owned();
-    // Due an hour ago, with the next due time on the first of January.
+    // Due an hour ago (on the system clock), with the next due time on the
+    // first of January.
     make_due(app.db(), &id, chrono::Duration::hours(1)).await;
 
     let ticks = futures::future::join_all((0..8).map(|_| app.state.scheduler.tick())).await;
@@ -255,7 +288,7 @@ async fn many_instances_claiming_one_due_time_start_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cron_time_zone_or_context_is_refused_and_nothing_is_written() {
-    let app = fast_app().await;
+    let app = TestApp::spawn_with(|c| c.schedule_poll_ms = 0).await;
     let owner = app.user("owner").await;
     let (drive, template) = drive_and_template(&app, &owner).await;
     for (cron, tz) in [
@@ -349,7 +382,8 @@ async fn bad_cron_time_zone_or_context_is_refused_and_nothing_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creator_removed_from_the_drive_gets_last_error_and_no_run() {
-    let app = fast_app().await;
+    let clock = manual_clock();
+    let app = app_on(&clock).await;
     let owner = app.user("owner").await;
     let member = app.user("member").await;
     let (drive, template) = drive_and_template(&app, &owner).await;
@@ -373,17 +407,16 @@ async fn a_creator_removed_from_the_drive_gets_last_error_and_no_run() {
     assert_eq!(removed["removeDriveMember"], true);
     app.ok(&owner, UPDATE, json!({ "id": id, "i": { "enabled": true } }))
         .await;
+    let due = time(&schedule(&app, &owner, &id).await["nextRunAt"]);
 
-    let s = wait_schedule(&app, &owner, &id, Duration::from_secs(5), |s| !s["lastError"].is_null()).await;
+    assert_eq!(tick_at(&app, &clock, due).await, 1, "the due time is claimed");
+    let s = schedule(&app, &owner, &id).await;
     assert!(
         s["lastError"].as_str().unwrap().contains("creator can no longer start"),
         "{s}"
     );
     assert_eq!(s["enabled"], true, "stays enabled: {s}");
-    assert!(
-        time(&s["nextRunAt"]) > Utc::now() - chrono::Duration::seconds(1),
-        "moves on: {s}"
-    );
+    assert_eq!(time(&s["nextRunAt"]), due + SECOND, "moves on: {s}");
     assert!(s["lastRunAt"].is_null(), "{s}");
     assert_eq!(s["executions"]["totalCount"], 0, "no run: {s}");
     let all = app
@@ -396,23 +429,22 @@ async fn a_creator_removed_from_the_drive_gets_last_error_and_no_run() {
     assert_eq!(all["workflowExecutions"]["totalCount"], 0, "{all}");
     let text = metrics(&app).await;
     assert!(
-        metric(&text, "workflows_schedule_fires_skipped_total{reason=\"forbidden\"}") >= 1.0,
+        metric(&text, "workflows_schedule_fires_skipped_total{reason=\"forbidden\"}") == 1.0,
         "{text}"
     );
 
     // Back in the drive: the next due time starts a run and clears the error.
     add_member(&app, &owner, &drive, "member", "VIEWER").await;
-    wait_schedule(&app, &owner, &id, Duration::from_secs(5), |s| {
-        s["executions"]["totalCount"].as_i64().unwrap_or(0) >= 1
-    })
-    .await;
-    let s = wait_schedule(&app, &owner, &id, Duration::from_secs(5), |s| s["lastError"].is_null()).await;
+    assert_eq!(tick_at(&app, &clock, due + SECOND).await, 1);
+    let s = schedule(&app, &owner, &id).await;
+    assert_eq!(s["executions"]["totalCount"], 1, "{s}");
+    assert!(s["lastError"].is_null(), "{s}");
     assert_eq!(runs_of(&s)[0]["userId"], "member", "{s}");
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_schedules_never_fire() {
-    let app = fast_app().await;
+    let clock = manual_clock();
+    let app = app_on(&clock).await;
     let owner = app.user("owner").await;
     let (_, template) = drive_and_template(&app, &owner).await;
     let off = create(
@@ -423,13 +455,13 @@ async fn disabled_schedules_never_fire() {
     .await;
     let off = off["id"].as_str().unwrap().to_owned();
     let on = create(&app, &owner, json!({ "templateId": template, "cron": EVERY_SECOND })).await;
+    let due = time(&on["nextRunAt"]);
     let on = on["id"].as_str().unwrap().to_owned();
 
     // While the enabled one fires twice, the disabled one never does.
-    wait_schedule(&app, &owner, &on, Duration::from_secs(6), |s| {
-        s["executions"]["totalCount"].as_i64().unwrap_or(0) >= 2
-    })
-    .await;
+    assert_eq!(tick_at(&app, &clock, due).await, 1);
+    assert_eq!(tick_at(&app, &clock, due + SECOND).await, 1);
+    assert_eq!(schedule(&app, &owner, &on).await["executions"]["totalCount"], 2);
     let s = schedule(&app, &owner, &off).await;
     assert_eq!(s["executions"]["totalCount"], 0, "{s}");
     assert!(s["nextRunAt"].is_null() && s["lastRunAt"].is_null(), "{s}");
@@ -439,11 +471,8 @@ async fn disabled_schedules_never_fire() {
         .ok(&owner, UPDATE, json!({ "id": on, "i": { "enabled": false } }))
         .await;
     assert!(d["updateWorkflowSchedule"]["nextRunAt"].is_null(), "{d}");
-    let n = schedule(&app, &owner, &on).await["executions"]["totalCount"]
-        .as_i64()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(schedule(&app, &owner, &on).await["executions"]["totalCount"], n);
+    assert_eq!(tick_at(&app, &clock, due + SECOND * 5).await, 0);
+    assert_eq!(schedule(&app, &owner, &on).await["executions"]["totalCount"], 2);
     assert_eq!(schedule(&app, &owner, &off).await["executions"]["totalCount"], 0);
 }
 
@@ -526,146 +555,95 @@ async fn who_may_create_see_change_and_delete_schedules() {
     expect_code(&app.gql(&member, DELETE, json!({ "id": id })).await, "NOT_FOUND");
 }
 
-// --- Real server processes -------------------------------------------------
-
-const FAST_POLL: [(&str, &str); 3] = [
-    ("SCHEDULE_POLL_MS", "50"),
-    ("LEASE_SECONDS", "3"),
-    ("SWEEP_SECONDS", "1"),
-];
-
-/// A drive, a template and a schedule every second on `server`; returns
-/// (owner token, schedule id).
-async fn every_second_on(server: &ServerProcess) -> (String, String) {
-    let owner = token("owner");
-    let d = server
-        .ok(
-            &owner,
-            "mutation { createDrive(input: { name: \"d\" }) { id } }",
-            json!({}),
-        )
-        .await;
-    let t = server
-        .ok(
-            &owner,
-            "mutation($i: CreateWorkflowTemplateInput!) { createWorkflowTemplate(input: $i) { id } }",
-            json!({"i": {"driveId": d["createDrive"]["id"], "name": "t", "steps": [echo("tick {{n}}")]}}),
-        )
-        .await;
-    let s = server
-        .ok(
-            &owner,
-            CREATE,
-            json!({"i": {"templateId": t["createWorkflowTemplate"]["id"], "cron": EVERY_SECOND, "context": {"n": 1}}}),
-        )
-        .await;
-    (owner, s["createWorkflowSchedule"]["id"].as_str().unwrap().to_owned())
-}
-
-async fn runs_on(server: &ServerProcess, owner: &str, id: &str) -> Vec<Value> {
-    runs_of(&server.ok(owner, SCHEDULE, json!({ "id": id })).await["workflowSchedule"])
-}
-
-async fn wait_runs(server: &ServerProcess, owner: &str, id: &str, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let runs = runs_on(server, owner, id).await;
-        if runs.len() >= n {
-            return runs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} runs after {within:?}, not {n}; log:\n{}",
-            runs.len(),
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+// --- Several servers on one database -----------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run with TEST_DATABASE_URL=postgres://… and -- --include-ignored"]
 async fn two_instances_start_one_run_per_due_time() {
-    if !is_postgres() {
-        println!("several instances share a PostgreSQL database; skipped on SQLite");
-        return;
+    require_postgres();
+    let clock = manual_clock();
+    let a = app_on(&clock).await;
+    let b = a.another(|c| c.schedule_poll_ms = 0, &clock).await;
+    let owner = a.user("owner").await;
+    let (_, template) = drive_and_template(&a, &owner).await;
+    let s = create(
+        &a,
+        &owner,
+        json!({ "templateId": template, "cron": EVERY_SECOND, "context": { "who": "both" } }),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let first = time(&s["nextRunAt"]);
+    // Both look at every due time at once; one of them claims it.
+    for k in 0..20 {
+        clock.advance_to((first + SECOND * k).naive_utc());
+        let (x, y) = tokio::join!(a.state.scheduler.tick(), b.state.scheduler.tick());
+        assert_eq!(x.unwrap() + y.unwrap(), 1, "due time {k}: one claim of two");
     }
-    let db = TestDb::create().await;
-    let a = ServerProcess::start(&db.url, None, &FAST_POLL).await;
-    let b = ServerProcess::start(&db.url, None, &FAST_POLL).await;
-    let (owner, id) = every_second_on(&a).await;
-    wait_runs(&b, &owner, &id, 20, Duration::from_secs(40)).await;
     b.ok(&owner, UPDATE, json!({ "id": id, "i": { "enabled": false } }))
         .await;
 
-    let runs = runs_on(&a, &owner, &id).await;
+    let runs = runs_of(&schedule(&a, &owner, &id).await);
     let due: Vec<DateTime<Utc>> = runs.iter().map(|r| time(&r["scheduledFor"])).collect();
     let distinct: BTreeSet<_> = due.iter().collect();
     assert_eq!(distinct.len(), runs.len(), "a due time started twice: {due:?}");
+    assert_eq!(runs.len(), 20, "one run for every due time: {due:?}");
     assert!(
-        due.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)),
+        due.windows(2).all(|w| w[1] - w[0] == SECOND),
         "one run for every due time: {due:?}"
     );
-    assert!(runs.len() >= 20);
     // Each instance counts the fires it claimed: together, one per run.
-    let client = reqwest::Client::new();
     let mut fired = 0.0;
-    for s in [&a, &b] {
-        let text = client
-            .get(format!("{}/metrics", s.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        fired += metric(&text, "workflows_schedule_fires_started_total");
+    for app in [&a, &b] {
+        fired += metric(&metrics(app).await, "workflows_schedule_fires_started_total");
     }
     assert_eq!(fired as usize, runs.len(), "fires counted across instances");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_over_several_due_times_starts_one_run_on_restart() {
-    let db = TestDb::create().await;
-    let mut server = ServerProcess::start(&db.url, None, &FAST_POLL).await;
-    let (owner, id) = every_second_on(&server).await;
-    wait_runs(&server, &owner, &id, 1, Duration::from_secs(10)).await;
-    server.terminate();
-    assert!(
-        server
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .is_some_and(|s| s.success())
-    );
-    let stopped = Utc::now();
-    // Down over at least three due times.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let restarted = Utc::now();
-    let server = ServerProcess::start(&db.url, None, &FAST_POLL).await;
-    let runs = wait_runs(&server, &owner, &id, 0, Duration::from_secs(1)).await;
-    let before = runs.iter().filter(|r| time(&r["createdAt"]) < stopped).count();
-    let runs = wait_runs(&server, &owner, &id, before + 3, Duration::from_secs(10)).await;
+    let clock = manual_clock();
+    let app = app_on(&clock).await;
+    let owner = app.user("owner").await;
+    let (_, template) = drive_and_template(&app, &owner).await;
+    let s = create(
+        &app,
+        &owner,
+        json!({ "templateId": template, "cron": EVERY_SECOND, "context": { "who": "x" } }),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let first = time(&s["nextRunAt"]);
+    assert_eq!(tick_at(&app, &clock, first).await, 1);
+    let run = runs_of(&schedule(&app, &owner, &id).await)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::executions::wait_for(&app, &owner, &run, "COMPLETED").await;
+    let db = app.stop().await;
 
-    let created = |r: &Value| time(&r["createdAt"]);
-    let due = |r: &Value| time(&r["scheduledFor"]);
-    assert!(
-        runs.iter().all(|r| created(r) < stopped || created(r) >= restarted),
-        "no run while stopped: {runs:?}"
+    // Down over the next three due times.
+    clock.advance_to((first + chrono::Duration::milliseconds(3500)).naive_utc());
+    let app = TestApp::spawn_on(db, |c| c.schedule_poll_ms = 0, &clock).await;
+    assert_eq!(
+        app.state.scheduler.tick().await.unwrap(),
+        1,
+        "the missed due times start one run"
     );
-    let last_before = runs.iter().filter(|r| created(r) < stopped).map(due).max().unwrap();
-    let recovered: Vec<&Value> = runs
-        .iter()
-        .filter(|r| due(r) > last_before && due(r) < restarted)
-        .collect();
-    assert_eq!(recovered.len(), 1, "the missed due times start one run: {runs:?}");
-    assert!(created(recovered[0]) >= restarted, "{runs:?}");
+    assert_eq!(app.state.scheduler.tick().await.unwrap(), 0);
+    let s = schedule(&app, &owner, &id).await;
+    let due: Vec<DateTime<Utc>> = runs_of(&s).iter().map(|r| time(&r["scheduledFor"])).collect();
+    assert_eq!(
+        due,
+        [first, first + SECOND],
+        "the earliest missed time stands for them: {s}"
+    );
     // Then the schedule goes on from its next time after now.
-    let later: Vec<&Value> = runs
-        .iter()
-        .filter(|r| created(r) >= restarted && due(r) >= restarted)
-        .collect();
-    assert!(later.len() >= 2, "{runs:?}");
-    let distinct: BTreeSet<_> = runs.iter().map(due).collect();
-    assert_eq!(distinct.len(), runs.len(), "a due time started twice: {runs:?}");
+    assert_eq!(time(&s["nextRunAt"]), first + SECOND * 4, "{s}");
+    assert_eq!(tick_at(&app, &clock, first + SECOND * 4).await, 1);
+    let s = schedule(&app, &owner, &id).await;
+    let due: Vec<DateTime<Utc>> = runs_of(&s).iter().map(|r| time(&r["scheduledFor"])).collect();
+    assert_eq!(due, [first, first + SECOND, first + SECOND * 4], "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,9 @@ use std::time::Duration;
 use chrono::{NaiveDateTime, Timelike, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value as DbValue};
 use serde_json::{Value, json};
+use workflows::clock::ManualClock;
 use workflows_tests::stub::{Reply, stub};
-use workflows_tests::{TestApp, agents};
+use workflows_tests::{TestApp, agents, eventually, manual_clock};
 
 use crate::executions::{cancel, start, wait_for};
 use crate::{add_member, create_drive, create_template};
@@ -27,13 +28,10 @@ async fn stats(app: &TestApp, token: &str, template: &str, since: Option<&str>) 
 }
 
 /// A server with the test agents, an `openai` agent `reviewer` answering
-/// from the stub (usage: 5 prompt, 3 completion tokens), and retention on.
-async fn server() -> TestApp {
-    server_with(|_| {}).await
-}
-
-/// `server()`, configured further by `configure`.
-async fn server_with(configure: impl FnOnce(&mut workflows::config::Config)) -> TestApp {
+/// from the stub (usage: 5 prompt, 3 completion tokens), and retention on
+/// (one day; the tests sweep with `sweep_now`, the server's own sweep waits
+/// 30 days); going by `clock` when one is given, configured by `configure`.
+async fn server_on(clock: Option<&ManualClock>, configure: impl FnOnce(&mut workflows::config::Config)) -> TestApp {
     let (stub, url) = stub(vec![]).await;
     *stub.fallback.lock().unwrap() = Some(Reply::Sse {
         pieces: vec!["ok"],
@@ -46,14 +44,24 @@ async fn server_with(configure: impl FnOnce(&mut workflows::config::Config)) -> 
             |_| None,
         )
         .unwrap();
-    TestApp::spawn_with_agents(
-        |c| {
-            c.retention_days = 1;
-            configure(c);
-        },
-        registry,
-    )
-    .await
+    let configure = |c: &mut workflows::config::Config| {
+        c.retention_days = 1;
+        c.retention_sweep_seconds = 30 * 24 * 3600;
+        configure(c);
+    };
+    match clock {
+        Some(clock) => TestApp::spawn_with_agents_and_clock(configure, registry, clock).await,
+        None => TestApp::spawn_with_agents(configure, registry).await,
+    }
+}
+
+async fn server() -> TestApp {
+    server_on(None, |_| {}).await
+}
+
+/// `server()`, configured further by `configure`.
+async fn server_with(configure: impl FnOnce(&mut workflows::config::Config)) -> TestApp {
+    server_on(None, configure).await
 }
 
 /// Runs `sql` with `values` (written with `$n` placeholders) on the server's database.
@@ -73,15 +81,10 @@ async fn exec(app: &TestApp, sql: &str, values: Vec<DbValue>) -> u64 {
         .rows_affected()
 }
 
-/// Makes every execution of `template` look finished two days ago.
-async fn age(app: &TestApp, template: &str) {
-    let old = Utc::now().naive_utc() - chrono::Duration::days(2);
-    exec(
-        app,
-        r#"UPDATE workflow_executions SET "updatedAt" = $1 WHERE "workflowTemplateId" = $2"#,
-        vec![old.into(), template.into()],
-    )
-    .await;
+/// Moves the server's clock on two days: every run finished so far is past
+/// the retention age.
+fn two_days_later(clock: &ManualClock) {
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
 }
 
 fn ms(v: &Value) -> i64 {
@@ -90,7 +93,8 @@ fn ms(v: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_runs_give_exact_counts_and_survive_the_sweep() {
-    let app = server().await;
+    let clock = manual_clock();
+    let app = server_on(Some(&clock), |_| {}).await;
     let owner = app.user("owner").await;
     let viewer = app.user("viewer").await;
     let outsider = app.user("outsider").await;
@@ -139,13 +143,7 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     }
     let c = start(&app, &owner, &cancelled_t, json!({})).await;
     // Cancelled while its step is in flight.
-    for _ in 0..200 {
-        let e = crate::executions::execution(&app, &owner, &c).await;
-        if e["steps"][0]["status"] == "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::executions::wait_for_step(&app, &owner, &c, 0).await;
     assert!(cancel(&app, &owner, &c).await.get("errors").is_none());
 
     let s = stats(&app, &owner, &t, None).await;
@@ -205,8 +203,9 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     // The sweep deletes the five finished runs and their steps; the
     // statistics do not move.
     assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "nothing is old yet");
-    age(&app, &t).await;
-    age(&app, &cancelled_t).await;
+    clock.advance(Duration::from_secs(24 * 3600 - 60));
+    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "less than a day old");
+    two_days_later(&clock);
     assert_eq!(app.state.retention.sweep_now().await.unwrap(), 5);
     let left = app
         .ok(&owner, "{ workflowExecutions(first: 50) { totalCount } }", json!({}))
@@ -248,9 +247,9 @@ async fn known_runs_give_exact_counts_and_survive_the_sweep() {
     // Deleting the template still takes its statistics with it.
     let rows = |table: &str| format!(r#"SELECT COUNT(*) AS n FROM {table} WHERE "templateId" = $1"#);
     let tables = ["workflow_template_stats", "workflow_execution_stats"];
-    for table in tables {
-        assert!(count(&app, &rows(table), cancelled_t.clone()).await > 0, "{table}");
-    }
+    // The sweep took the folded rows of the runs it deleted; the roll-ups stay.
+    assert_eq!(count(&app, &rows(tables[1]), cancelled_t.clone()).await, 0);
+    assert!(count(&app, &rows(tables[0]), cancelled_t.clone()).await > 0);
     app.ok(
         &owner,
         "mutation($id: ID!) { deleteWorkflowTemplate(id: $id) }",
@@ -517,7 +516,16 @@ async fn since_after_the_sweep_is_exact_within_the_retention_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_never_deletes_running_or_paused_runs() {
-    let app = server().await;
+    let clock = manual_clock();
+    // The server's own sweep, every hour on its clock.
+    let app = TestApp::spawn_with_clock(
+        |c| {
+            c.retention_days = 1;
+            c.retention_sweep_seconds = 3600;
+        },
+        &clock,
+    )
+    .await;
     let owner = app.user("owner").await;
     let drive = create_drive(&app, &owner, "Keep").await;
     let t = create_template(
@@ -545,24 +553,29 @@ async fn the_sweep_never_deletes_running_or_paused_runs() {
         "{s}"
     );
 
-    age(&app, &t).await;
-    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 1);
-    let ids: Vec<String> = app
-        .ok(
-            &owner,
-            "{ workflowExecutions(first: 50) { nodes { id status } } }",
-            json!({}),
-        )
-        .await["workflowExecutions"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        ids.contains(&running) && ids.contains(&paused) && !ids.contains(&finished),
-        "{ids:?}"
-    );
+    two_days_later(&clock);
+    let ids: Vec<String> = eventually(Duration::from_secs(10), || async {
+        let ids: Vec<String> = app
+            .ok(
+                &owner,
+                "{ workflowExecutions(first: 50) { nodes { id status } } }",
+                json!({}),
+            )
+            .await["workflowExecutions"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.contains(&finished) {
+            Err(format!("{ids:?}"))
+        } else {
+            Ok(ids)
+        }
+    })
+    .await;
+    assert!(ids.contains(&running) && ids.contains(&paused), "{ids:?}");
+    assert_eq!(app.state.retention.sweep_now().await.unwrap(), 0, "nothing else goes");
     assert_eq!(stats(&app, &owner, &t, None).await, s);
     assert!(cancel(&app, &owner, &running).await.get("errors").is_none());
 }
@@ -585,6 +598,8 @@ async fn racing_cancels_are_counted_once() {
     let mut ids = Vec::new();
     for i in 0..10 {
         let id = start(&app, &owner, &t, json!({ "ms": (i * 3).to_string() })).await;
+        // Not synchronization: the cancels land at different points of
+        // steps of different lengths, some before and some after the end.
         tokio::time::sleep(Duration::from_millis(i * 2)).await;
         let _ = cancel(&app, &owner, &id).await;
         ids.push(id);
@@ -612,14 +627,15 @@ async fn racing_cancels_are_counted_once() {
 }
 
 async fn wait_for_end(app: &TestApp, token: &str, id: &str) -> Value {
-    for _ in 0..400 {
+    eventually(Duration::from_secs(10), || async {
         let e = crate::executions::execution(app, token, id).await;
         if matches!(e["status"].as_str(), Some("COMPLETED" | "CANCELLED" | "FAILED")) {
-            return e;
+            Ok(e)
+        } else {
+            Err(e)
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("execution {id} never ended");
+    })
+    .await
 }
 
 /// The upgrade to hourly roll-ups (and back): each day's 64 shard rows

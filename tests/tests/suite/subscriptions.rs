@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use workflows_tests::TestApp;
 use workflows_tests::ws::{Incoming, Protocol, WsClient};
+use workflows_tests::{TestApp, eventually};
 
 use crate::executions::{code_review, start, submit, wait_for};
 use crate::{add_member, create_drive, create_template, echo};
@@ -187,6 +187,12 @@ async fn streamed_output_arrives_as_deltas_that_add_up() {
     wait_for(&app, &owner, &id, "PAUSED").await;
     let mut ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
     ws.subscribe("1", EVENTS, json!({"id": id})).await;
+    // Deltas are not stored: a subscriber that comes late misses them. It
+    // is in place once it has had its first event, the SNAPSHOT.
+    match ws.next("1", Duration::from_secs(10)).await {
+        Some(Incoming::Next(p)) => assert_eq!(p["data"]["workflowExecutionEvents"]["kind"], "SNAPSHOT", "{p}"),
+        other => panic!("no snapshot: {other:?}"),
+    }
     submit(&app, &owner, &id, json!({"who": "the lazy dog"})).await;
     let all = events(
         &ws.collect("1", Duration::from_secs(10)).await,
@@ -239,6 +245,7 @@ async fn the_drive_stream_carries_only_what_the_subscriber_may_see() {
     .await;
     let tid = t["id"].as_str().unwrap();
 
+    let listening = app.subscribers();
     let mut bob_ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &bob).await;
     bob_ws.subscribe("d", DRIVE_EVENTS, json!({"d": drive})).await;
     let mut owner_ws = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &owner).await;
@@ -250,7 +257,7 @@ async fn the_drive_stream_carries_only_what_the_subscriber_may_see() {
         Some(Incoming::Next(p)) => assert!(p["errors"].to_string().contains("NOT_FOUND"), "{p}"),
         other => panic!("outsider got {other:?}"),
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_subscribed(listening, 2).await;
 
     let a = start(&app, &alice, tid, json!({})).await;
     wait_for(&app, &alice, &a, "COMPLETED").await;
@@ -424,11 +431,13 @@ async fn subscribers_with_one_document_share_a_group_and_see_what_each_would_alo
     assert_eq!(other, vec![7, 8, 9, 10]);
     // Finished runs leave no group behind.
     drop(clients);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.state.fanout.groups() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(app.state.fanout.groups(), 0);
+    eventually(Duration::from_secs(10), || async {
+        match app.state.fanout.groups() {
+            0 => Ok(()),
+            n => Err(format!("{n} groups")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -599,13 +599,7 @@ async fn running_runs_are_not_retried_and_cancelled_ones_are() {
     .await;
     let run = start(&app, &owner, t["id"].as_str().unwrap(), json!({"k": "v"})).await;
     // Wait for the slow step to be in flight.
-    for _ in 0..200 {
-        let e = execution(&app, &owner, &run).await;
-        if e["steps"][1]["status"] == "RUNNING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::executions::wait_for_step(&app, &owner, &run, 1).await;
     expect_code(&app.gql(&owner, RETRY, json!({"e": run})).await, "CONFLICT");
     let c = cancel(&app, &owner, &run).await;
     assert!(c.get("errors").is_none(), "{c}");

@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use workflows_tests::TestApp;
 use workflows_tests::ws::{Incoming, Protocol, WsClient};
+use workflows_tests::{TestApp, eventually};
 
 type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -164,8 +164,9 @@ async fn subscriptions_per_connection_are_capped() {
             Protocol::TransportWs => "complete",
             Protocol::LegacyWs => "stop",
         };
+        // The server handles a connection's messages in order: "d" comes
+        // after "a" is gone.
         ws.send_raw(json!({"id": "a", "type": stop})).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
         ws.subscribe("d", WATCH, json!({"d": drive})).await;
         // Start a run: "d" (and "b") see its first event.
         let t = crate::create_template(&app, &token, &drive, json!({"name": "T", "steps": [crate::echo("x")]})).await;
@@ -199,18 +200,13 @@ async fn connections_per_user_are_capped() {
     // Another user is not affected, and a closed connection frees its slot.
     let _bob = WsClient::connect_with_token(&app.base, Protocol::TransportWs, &other).await;
     drop(first);
-    let mut freed = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if WsClient::connect(&app.base, Protocol::TransportWs, json!({"token": token}))
+    // Freed once the server has seen the connection close.
+    eventually(Duration::from_secs(10), || async {
+        WsClient::connect(&app.base, Protocol::TransportWs, json!({"token": token}))
             .await
-            .is_ok()
-        {
-            freed = true;
-            break;
-        }
-    }
-    assert!(freed, "the slot of a closed connection was not freed");
+            .map_err(|e| format!("the slot of a closed connection was not freed: {e:?}"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ impl Engine {
             loop {
                 tokio::select! {
                     _ = engine.stopping.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
+                    _ = engine.clock.sleep(every) => {}
                 }
                 if let Err(e) = engine.renew().await {
                     tracing::warn!(error = %e, "renewing leases failed");
@@ -51,7 +51,7 @@ impl Engine {
                 first = false;
                 tokio::select! {
                     _ = engine.stopping.cancelled() => return,
-                    _ = tokio::time::sleep(engine.settings.sweep) => {}
+                    _ = engine.clock.sleep(engine.settings.sweep) => {}
                 }
             }
         });
@@ -120,7 +120,11 @@ impl Engine {
                        RETURNING id"#,
                     expired.replace("{now}", "$3")
                 ),
-                vec![self.instance.clone().into(), self.lease_until().into(), now().into()],
+                vec![
+                    self.instance.clone().into(),
+                    self.lease_until().into(),
+                    self.clock.now().into(),
+                ],
             ),
             _ => (
                 format!(
@@ -130,7 +134,11 @@ impl Engine {
                        RETURNING id"#,
                     expired.replace("{now}", "?")
                 ),
-                vec![self.instance.clone().into(), self.lease_until().into(), now().into()],
+                vec![
+                    self.instance.clone().into(),
+                    self.lease_until().into(),
+                    self.clock.now().into(),
+                ],
             ),
         };
         let values = if all { values[..2].to_vec() } else { values };

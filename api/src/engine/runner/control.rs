@@ -87,7 +87,7 @@ impl Engine {
         if let (ExecutionStatus::Running, Some(owner), Some(until)) =
             (state.exec.status, &state.exec.lease_owner, state.exec.lease_expires_at)
         {
-            if owner != &self.instance && until > now() {
+            if owner != &self.instance && until > self.clock.now() {
                 // Another live instance runs it: it alone numbers its events.
                 drop(seq);
                 return Box::pin(self.cancel_elsewhere(id)).await;
@@ -165,7 +165,7 @@ impl Engine {
                 }
                 _ => {}
             }
-            let expired = exec.lease_expires_at.is_none_or(|t| t <= now());
+            let expired = exec.lease_expires_at.is_none_or(|t| t <= self.clock.now());
             if expired || tokio::time::Instant::now() >= deadline {
                 // Whoever ran it is gone: take it over, then cancel it here.
                 self.claim(id).await?;
@@ -188,7 +188,7 @@ impl Engine {
             .filter(
                 sea_orm::Condition::any()
                     .add(execution::Column::LeaseExpiresAt.is_null())
-                    .add(execution::Column::LeaseExpiresAt.lte(now())),
+                    .add(execution::Column::LeaseExpiresAt.lte(self.clock.now())),
             )
             .exec(&self.db)
             .await?;

@@ -39,6 +39,7 @@ use super::agents::{AgentError, AgentRegistry};
 use super::relay::{self, Note, Relay};
 use super::rollup::Rollup;
 use super::state::{ExecPatch, RunState, StepPatch};
+use crate::clock::Clock;
 use crate::core::definition::StepDefinition;
 use crate::core::limits::DataLimits;
 use crate::core::{condition, prompt};
@@ -152,6 +153,8 @@ pub struct Engine {
     /// This instance's id, written as `leaseOwner`.
     instance: String,
     settings: EngineSettings,
+    /// What leases are measured on, and the renewing and sweeping wait on.
+    clock: Clock,
     /// Set on shutdown: finish the step in flight, start no other.
     stopping: CancellationToken,
     /// Set when the grace period is over: abandon steps in flight.
@@ -173,6 +176,7 @@ impl Engine {
         agents: Arc<AgentRegistry>,
         bus: EventBus,
         settings: EngineSettings,
+        clock: Clock,
     ) -> Arc<Self> {
         let instance = new_id();
         let relay = (db.get_database_backend() == DbBackend::Postgres).then(|| Relay::new(instance.clone()));
@@ -183,6 +187,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             instance,
             settings,
+            clock,
             stopping: CancellationToken::new(),
             abandon: CancellationToken::new(),
             runners: TaskTracker::new(),
@@ -227,8 +232,13 @@ impl Engine {
         &self.db
     }
 
+    /// The clock background work acts on (leases here, and the scheduler).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     fn lease_until(&self) -> NaiveDateTime {
-        now() + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30))
+        self.clock.now() + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30))
     }
 
     fn live(&self, id: &str) -> Arc<Live> {

@@ -545,13 +545,16 @@ impl WorkflowSchedule {
     }
     /// The next `count` (0..=100) due times after now, whether or not the
     /// schedule is enabled.
-    async fn next_runs(&self, #[graphql(default = 5)] count: i32) -> Result<Vec<DateTime<Utc>>> {
+    async fn next_runs(&self, ctx: &Context<'_>, #[graphql(default = 5)] count: i32) -> Result<Vec<DateTime<Utc>>> {
         if !(0..=100).contains(&count) {
             return Err(ApiError::bad_input("count: must be between 0 and 100").into());
         }
         let spec = crate::core::cron::Schedule::parse("", &self.0.cron, &self.0.timezone)?;
         Ok(spec
-            .upcoming(crate::domain::now(), count as usize)
+            .upcoming(
+                ctx.data_unchecked::<crate::graphql::SchemaData>().engine.clock().now(),
+                count as usize,
+            )
             .into_iter()
             .map(utc)
             .collect())
