@@ -84,7 +84,7 @@ pub fn code_errors(errors: &mut [ServerError], max_complexity: usize, request_id
     let mut request_id = || -> String {
         match request_id {
             Some(id) => id.to_owned(),
-            None => fallback_id.get_or_insert_with(|| cuid2::create_id()).clone(),
+            None => fallback_id.get_or_insert_with(cuid2::create_id).clone(),
         }
     };
     for e in errors.iter_mut() {
@@ -245,25 +245,25 @@ impl From<ApiError> for async_graphql::Error {
         let code = err.code();
         async_graphql::Error::new(message).extend_with(|_, ext| {
             ext.set("code", code.as_str());
-            if let ApiError::BadUserInput { validation_errors, .. } = &err {
-                if !validation_errors.is_empty() {
-                    let list: Vec<async_graphql::Value> = validation_errors
-                        .iter()
-                        .map(|p| {
-                            let mut m = async_graphql::indexmap::IndexMap::new();
-                            m.insert(
-                                async_graphql::Name::new("path"),
-                                async_graphql::Value::from(p.path.clone()),
-                            );
-                            m.insert(
-                                async_graphql::Name::new("message"),
-                                async_graphql::Value::from(p.message.clone()),
-                            );
-                            async_graphql::Value::Object(m)
-                        })
-                        .collect();
-                    ext.set("validationErrors", async_graphql::Value::List(list));
-                }
+            if let ApiError::BadUserInput { validation_errors, .. } = &err
+                && !validation_errors.is_empty()
+            {
+                let list: Vec<async_graphql::Value> = validation_errors
+                    .iter()
+                    .map(|p| {
+                        let mut m = async_graphql::indexmap::IndexMap::new();
+                        m.insert(
+                            async_graphql::Name::new("path"),
+                            async_graphql::Value::from(p.path.clone()),
+                        );
+                        m.insert(
+                            async_graphql::Name::new("message"),
+                            async_graphql::Value::from(p.message.clone()),
+                        );
+                        async_graphql::Value::Object(m)
+                    })
+                    .collect();
+                ext.set("validationErrors", async_graphql::Value::List(list));
             }
         })
     }

@@ -250,6 +250,16 @@ impl TestApp {
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
+        // On PostgreSQL the relay's first LISTEN tells open streams that
+        // events may have been missed (they resync with a SNAPSHOT): wait
+        // for it, so that a test's subscribers never race it.
+        if let Some(relay) = state.engine.relay() {
+            let mut resyncs = relay.resyncs();
+            tokio::time::timeout(Duration::from_secs(30), resyncs.wait_for(|n| *n >= 1))
+                .await
+                .expect("the event relay listens within 30 s")
+                .expect("the event relay is running");
+        }
         TestApp {
             base,
             state,

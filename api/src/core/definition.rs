@@ -104,10 +104,10 @@ impl StepDefinition {
             return Err(why.clone());
         }
         def.attempts().map_err(|e| format!("metadata cannot be read ({e})"))?;
-        if let Some(rule) = &def.approval {
-            if rule.required < 1 {
-                return Err("approval rule cannot be read (required: must be at least 1)".into());
-            }
+        if let Some(rule) = &def.approval
+            && rule.required < 1
+        {
+            return Err("approval rule cannot be read (required: must be at least 1)".into());
         }
         Ok(def)
     }

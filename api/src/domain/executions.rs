@@ -272,7 +272,7 @@ pub async fn launch(
     version: Option<i32>,
 ) -> ApiResult<Launch> {
     let steps = match version {
-        None => steps::of_templates(db, &[template.id.clone()])
+        None => steps::of_templates(db, std::slice::from_ref(&template.id))
             .await?
             .iter()
             .map(|s| Seed::Run {

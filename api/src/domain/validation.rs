@@ -151,10 +151,10 @@ pub fn parallel_groups(steps: &[GroupedStep<'_>]) -> ApiResult<()> {
     let mut ended: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut previous: Option<&str> = None;
     for (i, s) in steps.iter().enumerate() {
-        if previous != s.group {
-            if let Some(p) = previous {
-                ended.insert(p);
-            }
+        if previous != s.group
+            && let Some(p) = previous
+        {
+            ended.insert(p);
         }
         previous = s.group;
         let Some(group) = s.group else { continue };

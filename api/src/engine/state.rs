@@ -177,17 +177,21 @@ impl RunState {
         let steps = steps
             .iter()
             .map(|s| {
-                s.reused.then(|| s.clone()).unwrap_or_else(|| exec_step::Model {
-                    status: StepStatus::Pending,
-                    agent_input: None,
-                    agent_output: None,
-                    user_input: None,
-                    started_at: None,
-                    completed_at: None,
-                    error_message: None,
-                    updated_at: s.created_at,
-                    ..s.clone()
-                })
+                if s.reused {
+                    s.clone()
+                } else {
+                    exec_step::Model {
+                        status: StepStatus::Pending,
+                        agent_input: None,
+                        agent_output: None,
+                        user_input: None,
+                        started_at: None,
+                        completed_at: None,
+                        error_message: None,
+                        updated_at: s.created_at,
+                        ..s.clone()
+                    }
+                }
             })
             .collect();
         Self::new(Arc::new(e), Arc::new(steps))

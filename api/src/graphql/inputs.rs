@@ -103,14 +103,14 @@ impl WorkflowApprovalRuleInput {
                 "{field}.userIds: name at least one user, or leave it out to let roles decide"
             )));
         }
-        if let Some(ids) = &user_ids {
-            if (self.required as usize) > ids.len() {
-                return Err(ApiError::bad_input(format!(
-                    "{field}.required: {} approvals can never come from {} listed users",
-                    self.required,
-                    ids.len()
-                )));
-            }
+        if let Some(ids) = &user_ids
+            && (self.required as usize) > ids.len()
+        {
+            return Err(ApiError::bad_input(format!(
+                "{field}.required: {} approvals can never come from {} listed users",
+                self.required,
+                ids.len()
+            )));
         }
         Ok(ApprovalRule {
             required: self.required as u32,

@@ -98,7 +98,7 @@ impl RequestCtx {
         if access.role(&e.drive_id).is_none() {
             return Ok(false);
         }
-        let steps = crate::domain::executions::steps_of(&self.db, &[e.id.clone()]).await?;
+        let steps = crate::domain::executions::steps_of(&self.db, std::slice::from_ref(&e.id)).await?;
         Ok(access.can_see_execution_with_steps(e, &steps))
     }
 }

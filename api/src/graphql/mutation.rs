@@ -96,10 +96,9 @@ impl Mutation {
         if let Some(existing) = drives::member(&r.db, &drive_id, &user_id)
             .await
             .map_err(ApiError::from)?
+            && existing.role == DriveRole::Owner
         {
-            if existing.role == DriveRole::Owner {
-                return Err(ApiError::Forbidden("the drive's OWNER keeps that role".into()).into());
-            }
+            return Err(ApiError::Forbidden("the drive's OWNER keeps that role".into()).into());
         }
         let row = drives::set_member(&r.db, &drive_id, &user_id, role)
             .await
@@ -334,7 +333,7 @@ impl Mutation {
             Some(n) => v::template_name("name", &n)?,
             None => source.name.clone(),
         };
-        let source_steps = steps::of_templates(&r.db, &[source.id.clone()])
+        let source_steps = steps::of_templates(&r.db, std::slice::from_ref(&source.id))
             .await
             .map_err(ApiError::from)?;
         known_agents(agents(ctx), source_steps.iter().map(|s| s.agent_id.as_str()), "id")?;
@@ -389,7 +388,7 @@ impl Mutation {
     ) -> Result<WorkflowExecution> {
         let r = rctx(ctx);
         let original = visible_execution(r, &execution_id).await?;
-        let records = executions::steps_of(&r.db, &[original.id.clone()])
+        let records = executions::steps_of(&r.db, std::slice::from_ref(&original.id))
             .await
             .map_err(ApiError::from)?;
         let launch = executions::retry(&original, &records, from_step_order, &r.viewer.id)?;

@@ -19,6 +19,9 @@ use sea_orm::DatabaseConnection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// The name and email a user's token last carried.
+type KnownClaims = (Option<String>, Option<String>);
+
 /// Everything a request handler needs, shared by all of them.
 pub struct AppState {
     pub db: DatabaseConnection,
@@ -50,7 +53,7 @@ pub struct AppState {
     pub fanout: Arc<fanout::Hub>,
     /// Claims last written to `users`, so a request whose token says nothing
     /// new skips the upsert.
-    pub(super) known_users: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
+    pub(super) known_users: Mutex<HashMap<String, KnownClaims>>,
 }
 
 impl AppState {

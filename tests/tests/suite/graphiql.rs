@@ -143,7 +143,7 @@ async fn the_page_and_everything_it_loads_come_from_this_server() {
     assert!(attributes(&page, "style").is_empty(), "no style attribute:\n{page}");
     assert_eq!(
         attributes(&page, "nonce"),
-        [nonce.clone()],
+        std::slice::from_ref(&nonce),
         "the start script carries the nonce"
     );
     // A new nonce for every page.

@@ -31,7 +31,10 @@ fn events(payloads: &[Value], field: &str) -> Vec<Value> {
 }
 
 /// (kind, sequence, execution status, step order, step status) of each event.
-fn summary(events: &[Value]) -> Vec<(String, i64, String, Option<i64>, Option<String>)> {
+/// An event as `(kind, sequence, execution status, step order, step status)`.
+type Summary = (String, i64, String, Option<i64>, Option<String>);
+
+fn summary(events: &[Value]) -> Vec<Summary> {
     events
         .iter()
         .map(|e| {

@@ -129,10 +129,10 @@ impl AgentRegistry {
                     let model = def
                         .model
                         .ok_or_else(|| at("model", "is required for provider 'openai'"))?;
-                    if let Some(t) = def.temperature {
-                        if !(0.0..=2.0).contains(&t) {
-                            return Err(at("temperature", "must be between 0 and 2"));
-                        }
+                    if let Some(t) = def.temperature
+                        && !(0.0..=2.0).contains(&t)
+                    {
+                        return Err(at("temperature", "must be between 0 and 2"));
                     }
                     let api_key =
                         match &def.api_key_env {

@@ -129,10 +129,10 @@ impl Agent for OpenAiAgent {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
-            if let Some(sink) = deltas {
-                if !text.is_empty() {
-                    let _ = sink.send(text.clone());
-                }
+            if let Some(sink) = deltas
+                && !text.is_empty()
+            {
+                let _ = sink.send(text.clone());
             }
             let model = body.get("model").cloned().unwrap_or_else(|| json!(self.config.model));
             let mut out = json!({"text": text, "model": model});
@@ -168,12 +168,12 @@ impl Agent for OpenAiAgent {
             if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
                 usage = Some(u.clone());
             }
-            if let Some(piece) = event.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-                if !piece.is_empty() {
-                    text.push_str(piece);
-                    if let Some(sink) = deltas {
-                        let _ = sink.send(piece.to_owned());
-                    }
+            if let Some(piece) = event.pointer("/choices/0/delta/content").and_then(Value::as_str)
+                && !piece.is_empty()
+            {
+                text.push_str(piece);
+                if let Some(sink) = deltas {
+                    let _ = sink.send(piece.to_owned());
                 }
             }
         }

@@ -180,10 +180,10 @@ impl Engine {
                 };
                 match received {
                     Ok(Some(n)) => {
-                        if let Ok(note) = serde_json::from_str::<Note>(n.payload()) {
-                            if note.i != relay.instance {
-                                self.receive(&relay, &mut copies, note).await;
-                            }
+                        if let Ok(note) = serde_json::from_str::<Note>(n.payload())
+                            && note.i != relay.instance
+                        {
+                            self.receive(&relay, &mut copies, note).await;
                         }
                     }
                     Ok(None) => {
@@ -220,12 +220,11 @@ impl Engine {
         let Some(kind) = note.kind() else { return };
         // A run finished elsewhere while this instance still works on it
         // (it lost its lease): stop here.
-        if kind == EventKind::ExecutionUpdated {
-            if let Some(live) = self.live.lock().expect("live lock").get(&note.e) {
-                if live.runner.load(Ordering::SeqCst) {
-                    live.cancel.cancel();
-                }
-            }
+        if kind == EventKind::ExecutionUpdated
+            && let Some(live) = self.live.lock().expect("live lock").get(&note.e)
+            && live.runner.load(Ordering::SeqCst)
+        {
+            live.cancel.cancel();
         }
         relay.record(&note.e, note.s);
         if !relay.follows(&note) {
@@ -345,18 +344,18 @@ impl Engine {
     pub(super) async fn read_left_out(&self, id: &str, patch: &mut relay::Patch) -> Result<(), DbErr> {
         use relay::Field;
         let left_out = std::mem::take(&mut patch.r);
-        if left_out.contains(&Field::Context) || left_out.contains(&Field::Error) {
-            if let Some(row) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await? {
-                if let (true, Some((key, value))) = (left_out.contains(&Field::Context), patch.e.context_add.as_mut()) {
-                    *value = row
-                        .accumulated_context
-                        .get(key.as_str())
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                }
-                if left_out.contains(&Field::Error) {
-                    patch.e.error_message = row.error_message;
-                }
+        if (left_out.contains(&Field::Context) || left_out.contains(&Field::Error))
+            && let Some(row) = execution::Entity::find_by_id(id.to_owned()).one(&self.db).await?
+        {
+            if let (true, Some((key, value))) = (left_out.contains(&Field::Context), patch.e.context_add.as_mut()) {
+                *value = row
+                    .accumulated_context
+                    .get(key.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+            }
+            if left_out.contains(&Field::Error) {
+                patch.e.error_message = row.error_message;
             }
         }
         for change in patch.s.iter_mut().filter(|c| !c.r.is_empty()) {

@@ -86,12 +86,12 @@ impl Engine {
         }
         if let (ExecutionStatus::Running, Some(owner), Some(until)) =
             (state.exec.status, &state.exec.lease_owner, state.exec.lease_expires_at)
+            && owner != &self.instance
+            && until > self.clock.now()
         {
-            if owner != &self.instance && until > self.clock.now() {
-                // Another live instance runs it: it alone numbers its events.
-                drop(seq);
-                return Box::pin(self.cancel_elsewhere(id)).await;
-            }
+            // Another live instance runs it: it alone numbers its events.
+            drop(seq);
+            return Box::pin(self.cancel_elsewhere(id)).await;
         }
         let at = now();
         // Every step in flight (several in a parallel group) is stopped.

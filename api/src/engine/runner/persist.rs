@@ -460,17 +460,6 @@ fn shift_placeholders(sql: &str, offset: usize) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    pub(super) fn shifts_placeholders() {
-        assert_eq!(
-            super::shift_placeholders(r#"UPDATE "t" SET "a" = $1, "b" = $12"#, 3),
-            r#"UPDATE "t" SET "a" = $4, "b" = $15"#
-        );
-    }
-}
-
 /// `accumulatedContext` with one more key, computed by the database.
 fn merge_into_context(backend: DbBackend, key: &str, value: &Value) -> sea_orm::sea_query::SimpleExpr {
     use sea_orm::sea_query::Expr;
@@ -489,5 +478,16 @@ fn merge_into_context(backend: DbBackend, key: &str, value: &Value) -> sea_orm::
                 sea_orm::Value::from(value.to_string()),
             ],
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    pub(super) fn shifts_placeholders() {
+        assert_eq!(
+            super::shift_placeholders(r#"UPDATE "t" SET "a" = $1, "b" = $12"#, 3),
+            r#"UPDATE "t" SET "a" = $4, "b" = $15"#
+        );
     }
 }

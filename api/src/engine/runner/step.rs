@@ -317,6 +317,10 @@ impl Engine {
 
     /// `state` is shared with the other steps of a parallel group (each
     /// takes it only to write); `stop` ends the call when the group fails.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the run, its shared state, the step, and the call's three parts"
+    )]
     pub(super) async fn call_agent(
         &self,
         live: &Live,
@@ -370,7 +374,10 @@ impl Engine {
     /// One call of the agent under `timeout`, its streamed pieces published
     /// as they come: the result and whether any piece was streamed, or
     /// `None` when the run was cancelled or the call abandoned.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one attempt needs the run, its shared state, the step, the call and its bounds"
+    )]
     async fn attempt(
         &self,
         live: &Live,
