@@ -69,3 +69,24 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 pub async fn ping(db: &DatabaseConnection) -> bool {
     db.ping().await.is_ok()
 }
+
+/// Takes the transaction-scoped advisory lock `key` (PostgreSQL) unless
+/// another session holds it: whether this transaction got it. Background
+/// jobs use it so that one instance at a time does a batch. SQLite has one
+/// process per file and nothing to lock: always true.
+pub async fn try_advisory_xact_lock(txn: &impl ConnectionTrait, key: i64) -> Result<bool, DbErr> {
+    let backend = txn.get_database_backend();
+    if backend != DbBackend::Postgres {
+        return Ok(true);
+    }
+    Ok(txn
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_try_advisory_xact_lock($1) AS got",
+            [key.into()],
+        ))
+        .await?
+        .map(|r| r.try_get::<bool>("", "got"))
+        .transpose()?
+        .unwrap_or(false))
+}

@@ -103,17 +103,7 @@ impl Retention {
         let txn = self.db.begin().await?;
         let sql = match backend {
             DbBackend::Postgres => {
-                let got = txn
-                    .query_one_raw(Statement::from_sql_and_values(
-                        backend,
-                        "SELECT pg_try_advisory_xact_lock($1) AS got",
-                        [LOCK_KEY.into()],
-                    ))
-                    .await?
-                    .map(|r| r.try_get::<bool>("", "got"))
-                    .transpose()?
-                    .unwrap_or(false);
-                if !got {
+                if !crate::db::try_advisory_xact_lock(&txn, LOCK_KEY).await? {
                     txn.rollback().await?;
                     return Ok(None);
                 }

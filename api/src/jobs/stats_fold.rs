@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::stats;
@@ -52,23 +52,10 @@ impl StatsFold {
 
     /// One transaction; `None` when another instance holds the fold's lock.
     async fn fold_batch(&self) -> Result<Option<u64>, DbErr> {
-        let backend = self.db.get_database_backend();
         let txn = self.db.begin().await?;
-        if backend == DbBackend::Postgres {
-            let got = txn
-                .query_one_raw(Statement::from_sql_and_values(
-                    backend,
-                    "SELECT pg_try_advisory_xact_lock($1) AS got",
-                    [LOCK_KEY.into()],
-                ))
-                .await?
-                .map(|r| r.try_get::<bool>("", "got"))
-                .transpose()?
-                .unwrap_or(false);
-            if !got {
-                txn.rollback().await?;
-                return Ok(None);
-            }
+        if !crate::db::try_advisory_xact_lock(&txn, LOCK_KEY).await? {
+            txn.rollback().await?;
+            return Ok(None);
         }
         let n = stats::fold_batch(&txn, BATCH).await?;
         txn.commit().await?;

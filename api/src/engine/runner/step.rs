@@ -119,26 +119,30 @@ impl Engine {
     /// goes on.
     async fn skip(&self, live: &Live, state: &mut RunState, idx: usize) -> Result<bool, DbErr> {
         let at = now();
-        let (next_order, last) = after(state, idx);
-        let applied = self
-            .write(
-                live,
-                state,
-                step_finished(
-                    idx,
-                    next_order,
-                    last,
-                    at,
-                    StepPatch {
-                        status: Some(StepStatus::Skipped),
-                        completed_at: Some(at),
-                        ..Default::default()
-                    },
-                    None,
-                ),
-            )
-            .await?;
+        let patch = StepPatch {
+            status: Some(StepStatus::Skipped),
+            completed_at: Some(at),
+            ..Default::default()
+        };
+        let (applied, _) = self.finish_step(live, state, idx, at, patch, None).await?;
         Ok(applied)
+    }
+
+    /// Writes step `idx` as finished with `patch` (the run COMPLETED with it
+    /// when no step is left): whether it was written, and whether it was the
+    /// last step.
+    async fn finish_step(
+        &self,
+        live: &Live,
+        state: &mut RunState,
+        idx: usize,
+        at: NaiveDateTime,
+        patch: StepPatch,
+        context_add: Option<(String, Value)>,
+    ) -> Result<(bool, bool), DbErr> {
+        let (next_order, last) = after(state, idx);
+        let change = step_finished(idx, next_order, last, at, patch, context_add);
+        Ok((self.write(live, state, change).await?, last))
     }
 
     /// Pauses the run at step `idx`, which waits for approval or input.
@@ -263,25 +267,14 @@ impl Engine {
             self.fail(live, state, idx, why).await?;
             return Ok(false);
         }
-        let (next_order, last) = after(state, idx);
-        let applied = self
-            .write(
-                live,
-                state,
-                step_finished(
-                    idx,
-                    next_order,
-                    last,
-                    at,
-                    StepPatch {
-                        status: Some(StepStatus::Completed),
-                        agent_output: Some(output.clone()),
-                        completed_at: Some(at),
-                        ..Default::default()
-                    },
-                    Some((key, output)),
-                ),
-            )
+        let patch = StepPatch {
+            status: Some(StepStatus::Completed),
+            agent_output: Some(output.clone()),
+            completed_at: Some(at),
+            ..Default::default()
+        };
+        let (applied, last) = self
+            .finish_step(live, state, idx, at, patch, Some((key, output)))
             .await?;
         Ok(applied && !last)
     }
